@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages deltastream needs to build, test and benchmark.
+# Idempotent: only packages that are missing are installed. Uses sudo when not root.
+#   scripts/install-deps.sh           build + test dependencies
+#   scripts/install-deps.sh --bench   also the peer tools the benchmark compares against
+set -euo pipefail
+
+packages=(
+  # toolchain
+  g++ cmake ninja-build pkg-config
+  # libraries
+  libzstd-dev liblzma-dev libdivsufsort-dev libssl-dev libcli11-dev
+  # tests, fuzzing, benchmarks
+  libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev
+)
+bench_packages=(xdelta3 bsdiff zstd time curl ca-certificates bc python3)
+
+if [[ "${1:-}" == "--bench" ]]; then
+  packages+=("${bench_packages[@]}")
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+# The benchmark fetches npm packages with `npm pack`; install Debian's npm only if no npm exists
+# (NodeSource-style installs already ship one and conflict with Debian's).
+if [[ "${1:-}" == "--bench" ]] && ! command -v npm >/dev/null; then
+  missing+=(npm)
+fi
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+sudo=""
+if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,33 @@
+// The deltastream subcommands, separated from argument parsing so tests can call them.
+#ifndef DELTASTREAM_CLI_COMMANDS_H_
+#define DELTASTREAM_CLI_COMMANDS_H_
+
+#include <string>
+
+#include "common/status.h"
+#include "delta/delta_gen.h"
+
+namespace ds::cli {
+
+struct DiffArgs {
+  std::string old_path, new_path, patch_path;
+  delta::GenerateOptions options;
+  bool no_zstd_ref = false;
+  bool verbose = false;
+};
+Status RunDiff(const DiffArgs& args);
+
+struct ApplyArgs {
+  std::string old_path, patch_path, out_path;
+  bool verbose = false;
+};
+Status RunApply(const ApplyArgs& args);
+
+struct InspectArgs {
+  std::string patch_path;
+};
+Status RunInspect(const InspectArgs& args);
+
+}  // namespace ds::cli
+
+#endif  // DELTASTREAM_CLI_COMMANDS_H_

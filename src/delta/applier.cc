@@ -1,0 +1,492 @@
+// PatchApplier: the push-based, bounded-memory patch decoder.
+//
+// States: file header -> (segment header -> payload)* -> done. Header bytes are collected in a
+// small buffer (bounded by the format's maximum header lengths); a payload is collected whole,
+// bounded by the header's declared maximum, which was checked against ApplyLimits. Each segment
+// is checked (CRC over header and payload), decoded into one output buffer, checked again
+// (output CRC), hashed into the running SHA-256 and handed to the sink.
+#define ZSTD_STATIC_LINKING_ONLY
+#include <lzma.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/byte_reader.h"
+#include "common/fs.h"
+#include "common/hash.h"
+#include "delta/delta.h"
+
+namespace ds::delta {
+
+Status MemoryOldSource::ReadAt(uint64_t offset, std::span<uint8_t> out) const {
+  uint64_t end;
+  if (!CheckedAddU64(offset, out.size(), &end) || end > data_.size()) {
+    return Error(ErrorCode::kInternal, "old read out of range");
+  }
+  if (!out.empty()) std::memcpy(out.data(), data_.data() + offset, out.size());
+  return Status::Ok();
+}
+
+uint64_t FileOldSource::size() const { return file_->size(); }
+
+Status FileOldSource::ReadAt(uint64_t offset, std::span<uint8_t> out) const {
+  return file_->ReadAt(offset, out);
+}
+
+namespace {
+
+constexpr size_t kOldWindowSize = 64 << 10;
+constexpr size_t kDirectReadSize = 4 << 10;
+constexpr size_t kHashChunkSize = 1 << 20;
+
+// Serves mostly-sequential reads of the old file through one window buffer.
+class OldWindowReader {
+ public:
+  explicit OldWindowReader(const OldSource* src) : src_(src) {}
+
+  // REQUIRES: pos + out.size() <= src->size() (checked by the caller).
+  Status Read(uint64_t pos, std::span<uint8_t> out) {
+    while (!out.empty()) {
+      if (pos >= win_start_ && pos < win_start_ + win_.size()) {
+        const size_t off = pos - win_start_;
+        const size_t n = std::min(out.size(), win_.size() - off);
+        std::memcpy(out.data(), win_.data() + off, n);
+        out = out.subspan(n);
+        pos += n;
+        continue;
+      }
+      if (out.size() >= kDirectReadSize) return src_->ReadAt(pos, out);
+      const uint64_t n = std::min<uint64_t>(kOldWindowSize, src_->size() - pos);
+      win_.resize(n);
+      win_start_ = pos;
+      DS_RETURN_IF_ERROR(src_->ReadAt(pos, win_));
+    }
+    return Status::Ok();
+  }
+
+ private:
+  const OldSource* src_;
+  Bytes win_;
+  uint64_t win_start_ = 0;
+};
+
+Status DecodeZstd(ZSTD_DCtx* dctx, ByteView frame, ByteView prefix, std::span<uint8_t> out) {
+  ZSTD_DCtx_reset(dctx, ZSTD_reset_session_and_parameters);
+  ZSTD_DCtx_setParameter(dctx, ZSTD_d_format, ZSTD_f_zstd1_magicless);
+  ZSTD_DCtx_setParameter(dctx, ZSTD_d_windowLogMax, ZSTD_WINDOWLOG_MAX);
+  if (!prefix.empty()) {
+    const size_t rc = ZSTD_DCtx_refPrefix(dctx, prefix.data(), prefix.size());
+    if (ZSTD_isError(rc)) return Error(ErrorCode::kPatchDecompress, ZSTD_getErrorName(rc));
+  }
+  const size_t n = ZSTD_decompressDCtx(dctx, out.data(), out.size(), frame.data(), frame.size());
+  if (ZSTD_isError(n)) {
+    return Error(ErrorCode::kPatchDecompress, std::string("zstd: ") + ZSTD_getErrorName(n));
+  }
+  if (n != out.size()) {
+    return Error(ErrorCode::kPatchDecompress, "zstd stream decoded to " + std::to_string(n) +
+                                                  " bytes, expected " + std::to_string(out.size()));
+  }
+  return Status::Ok();
+}
+
+// Decodes a raw LZMA2 stream into exactly |out|. The dictionary never needs to exceed the output.
+Status DecodeLzma2(ByteView src, std::span<uint8_t> out) {
+  lzma_options_lzma opt{};
+  if (lzma_lzma_preset(&opt, 0)) return Error(ErrorCode::kInternal, "lzma preset");
+  opt.dict_size = std::max<uint32_t>(LZMA_DICT_SIZE_MIN,
+                                     static_cast<uint32_t>(std::min<size_t>(out.size(), 1u << 30)));
+  lzma_filter filters[2] = {{LZMA_FILTER_LZMA2, &opt}, {LZMA_VLI_UNKNOWN, nullptr}};
+  size_t in_pos = 0, out_pos = 0;
+  const lzma_ret rc = lzma_raw_buffer_decode(filters, nullptr, src.data(), &in_pos, src.size(),
+                                             out.data(), &out_pos, out.size());
+  if (rc != LZMA_OK && rc != LZMA_STREAM_END) {
+    return Error(ErrorCode::kPatchDecompress, "lzma2 stream is corrupt (" +
+                                                  std::to_string(static_cast<int>(rc)) + ")");
+  }
+  if (in_pos != src.size() || out_pos != out.size()) {
+    return Error(ErrorCode::kPatchDecompress, "lzma2 stream decoded to the wrong length");
+  }
+  return Status::Ok();
+}
+
+// Decodes a raw LZMA2 stream whose dictionary starts with |*ref| into exactly |out|. The decoder
+// copies the reference into its dictionary at init, so |*ref| is released before decoding.
+Status DecodeLzmaRef(ByteView src, Bytes* ref, uint64_t new_length, std::span<uint8_t> out) {
+  const uint64_t dict = LzmaRefDictSize(ref->size(), new_length);
+  if (dict > (1ull << 31)) return Error(ErrorCode::kResourceLimit, "lzma dictionary too large");
+  lzma_options_lzma opt{};
+  if (lzma_lzma_preset(&opt, 0)) return Error(ErrorCode::kInternal, "lzma preset");
+  opt.dict_size = static_cast<uint32_t>(dict);
+  opt.preset_dict = ref->empty() ? nullptr : ref->data();
+  opt.preset_dict_size = static_cast<uint32_t>(ref->size());
+  lzma_filter filters[2] = {{LZMA_FILTER_LZMA2, &opt}, {LZMA_VLI_UNKNOWN, nullptr}};
+  lzma_stream strm = LZMA_STREAM_INIT;
+  if (lzma_raw_decoder(&strm, filters) != LZMA_OK) {
+    return Error(ErrorCode::kResourceLimit, "cannot start the lzma decoder");
+  }
+  Bytes().swap(*ref);
+  strm.next_in = src.data();
+  strm.avail_in = src.size();
+  strm.next_out = out.data();
+  strm.avail_out = out.size();
+  lzma_ret rc = lzma_code(&strm, LZMA_FINISH);
+  // A full output buffer can stop the decoder just before the stream's end marker.
+  if (rc == LZMA_OK && strm.avail_out == 0 && strm.avail_in > 0) rc = lzma_code(&strm, LZMA_FINISH);
+  const bool complete = strm.avail_in == 0 && strm.avail_out == 0;
+  lzma_end(&strm);
+  if ((rc != LZMA_OK && rc != LZMA_STREAM_END) || !complete) {
+    return Error(ErrorCode::kPatchDecompress,
+                 "lzma2 reference stream is corrupt or has the wrong length");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+class PatchApplier::Impl {
+ public:
+  Impl(const OldSource* old, OutputSink* out, ApplyLimits limits)
+      : old_(old), out_(out), limits_(limits), old_reader_(old) {}
+  ~Impl() { ZSTD_freeDCtx(dctx_); }
+
+  Status Write(ByteView data) {
+    if (!failure_.ok()) return failure_;
+    Status s = Consume(data);
+    if (!s.ok()) failure_ = s;
+    return s;
+  }
+
+  Status Finish() {
+    if (!failure_.ok()) return failure_;
+    if (state_ != State::kDone) {
+      failure_ = Error(ErrorCode::kPatchTruncated,
+                       state_ == State::kFileHeader
+                           ? std::string("patch ended inside its header")
+                           : "patch ended in segment " + std::to_string(segments_done_ + 1) +
+                                 " of " + std::to_string(header_.segment_count));
+      return failure_;
+    }
+    if (output_bytes_ != header_.new_size || sha_.Finish() != header_.new_sha256) {
+      failure_ = Error(ErrorCode::kPatchResultMismatch, "rebuilt file does not match its SHA-256");
+      return failure_;
+    }
+    state_ = State::kFinished;
+    return Status::Ok();
+  }
+
+  bool header_parsed() const { return state_ != State::kFileHeader; }
+  const FileHeader& header() const { return header_; }
+  uint64_t segments_done() const { return segments_done_; }
+  uint64_t output_bytes() const { return output_bytes_; }
+
+ private:
+  enum class State { kFileHeader, kSegmentHeader, kPayload, kDone, kFinished };
+
+  Status Consume(ByteView data) {
+    while (!data.empty()) {
+      switch (state_) {
+        case State::kFileHeader:
+        case State::kSegmentHeader: {
+          const size_t limit = (state_ == State::kFileHeader ? kFileHeaderPrefixLen +
+                                                                   kMaxFileHeaderLen
+                                                             : 10 + kMaxSegmentHeaderLen + 4);
+          const size_t before = head_.size();
+          const size_t take = std::min(data.size(), limit - before);
+          head_.insert(head_.end(), data.begin(), data.begin() + take);
+          size_t consumed = 0;
+          if (state_ == State::kFileHeader) {
+            DS_RETURN_IF_ERROR(ParseFileHeader(head_, &header_, &consumed));
+            if (consumed > 0) DS_RETURN_IF_ERROR(StartPatch());
+          } else {
+            DS_RETURN_IF_ERROR(
+                ParseSegmentHeader(head_, &seg_, &consumed, &seg_crc_, &seg_stored_crc_));
+            if (consumed > 0) DS_RETURN_IF_ERROR(StartSegment());
+          }
+          if (consumed == 0) {
+            if (head_.size() >= limit) return Error(ErrorCode::kInternal, "header not parsed");
+            data = data.subspan(take);
+            continue;
+          }
+          // The bytes buffered before this call were not enough, so consumed > before.
+          data = data.subspan(consumed - before);
+          head_.clear();
+          break;
+        }
+        case State::kPayload: {
+          const size_t take = std::min<uint64_t>(data.size(), seg_.payload_length - payload_.size());
+          payload_.insert(payload_.end(), data.begin(), data.begin() + take);
+          data = data.subspan(take);
+          if (payload_.size() == seg_.payload_length) DS_RETURN_IF_ERROR(FinishSegment());
+          break;
+        }
+        case State::kDone:
+        case State::kFinished:
+          return Error(ErrorCode::kPatchTrailingData, "bytes after the last segment");
+      }
+    }
+    return Status::Ok();
+  }
+
+  Status StartPatch() {
+    if (header_.old_size != old_->size()) {
+      return Error(ErrorCode::kPatchWrongBase, "old file is " + std::to_string(old_->size()) +
+                                                   " bytes, patch expects " +
+                                                   std::to_string(header_.old_size));
+    }
+    if (header_.max_segment_output > limits_.max_segment_output ||
+        header_.max_segment_payload > limits_.max_segment_payload ||
+        header_.max_ref_window > limits_.max_ref_window) {
+      return Error(ErrorCode::kResourceLimit, "patch needs more memory per segment than allowed");
+    }
+    if (limits_.verify_old_hash) {
+      Sha256 h;
+      Bytes buf(std::min<uint64_t>(kHashChunkSize, old_->size()));
+      for (uint64_t pos = 0; pos < old_->size(); pos += buf.size()) {
+        const size_t n = std::min<uint64_t>(buf.size(), old_->size() - pos);
+        DS_RETURN_IF_ERROR(old_->ReadAt(pos, std::span<uint8_t>(buf.data(), n)));
+        h.Update(ByteView(buf.data(), n));
+      }
+      if (h.Finish() != header_.old_sha256) {
+        return Error(ErrorCode::kPatchWrongBase, "old file's SHA-256 differs from the patch's base");
+      }
+    }
+    state_ = header_.segment_count == 0 ? State::kDone : State::kSegmentHeader;
+    return Status::Ok();
+  }
+
+  Status StartSegment() {
+    const uint64_t index = segments_done_ + 1;
+    const std::string where = "segment " + std::to_string(index);
+    if (seg_.new_offset != output_bytes_) {
+      return Error(ErrorCode::kPatchSegmentOrder,
+                   where + " starts at " + std::to_string(seg_.new_offset) + ", expected " +
+                       std::to_string(output_bytes_));
+    }
+    if (seg_.new_length == 0 || seg_.new_length > header_.max_segment_output) {
+      return Error(ErrorCode::kPatchMalformed, where + " has length " +
+                                                   std::to_string(seg_.new_length));
+    }
+    uint64_t end;
+    if (!CheckedAddU64(seg_.new_offset, seg_.new_length, &end) || end > header_.new_size) {
+      return Error(ErrorCode::kPatchSegmentOrder, where + " runs past the end of the result");
+    }
+    const bool last = index == header_.segment_count;
+    if (last != (end == header_.new_size)) {
+      return Error(ErrorCode::kPatchSegmentOrder,
+                   where + (last ? " is last but the result is incomplete"
+                                 : " completes the result but more segments are declared"));
+    }
+    if (seg_.payload_length > header_.max_segment_payload) {
+      return Error(ErrorCode::kPatchMalformed, where + " payload exceeds the declared maximum");
+    }
+    payload_.clear();
+    payload_.reserve(seg_.payload_length);
+    state_ = State::kPayload;
+    if (seg_.payload_length == 0) return FinishSegment();
+    return Status::Ok();
+  }
+
+  Status FinishSegment() {
+    const std::string where = "segment " + std::to_string(segments_done_ + 1);
+    if (Crc32c(payload_, seg_crc_) != seg_stored_crc_) {
+      return Error(ErrorCode::kPatchChecksum, where + " checksum mismatch");
+    }
+    output_.resize(seg_.new_length);
+    Status s;
+    switch (seg_.method) {
+      case Method::kStored:
+        if (payload_.size() != seg_.new_length) {
+          s = Error(ErrorCode::kPatchMalformed, "stored payload length differs from its range");
+        } else {
+          std::memcpy(output_.data(), payload_.data(), payload_.size());
+        }
+        break;
+      case Method::kCopyDiff:
+        s = DecodeCopyDiff();
+        break;
+      case Method::kZstdRef:
+      case Method::kLzmaRef:
+        s = DecodeRef();
+        break;
+    }
+    if (!s.ok()) return s.WithContext(where);
+    if (Crc32c(output_) != seg_.output_crc32c) {
+      return Error(ErrorCode::kPatchOutputMismatch, where + " rebuilt bytes fail their checksum");
+    }
+    sha_.Update(output_);
+    DS_RETURN_IF_ERROR(out_->Write(output_));
+    output_bytes_ += seg_.new_length;
+    ++segments_done_;
+    state_ = segments_done_ == header_.segment_count ? State::kDone : State::kSegmentHeader;
+    return Status::Ok();
+  }
+
+  ZSTD_DCtx* dctx() {
+    if (dctx_ == nullptr) dctx_ = ZSTD_createDCtx();
+    return dctx_;
+  }
+
+  // Returns a view of stream |i| decoded (into |storage| when compressed).
+  Status DecodeStream(const CopyDiffLayout& layout, int i, Bytes* storage, ByteView* out) {
+    if (layout.codec[i] == StreamCodec::kStored) {
+      *out = layout.encoded[i];
+      return Status::Ok();
+    }
+    storage->resize(layout.raw_len[i]);
+    if (layout.codec[i] == StreamCodec::kZstd) {
+      DS_RETURN_IF_ERROR(DecodeZstd(dctx(), layout.encoded[i], {}, *storage));
+    } else {
+      DS_RETURN_IF_ERROR(DecodeLzma2(layout.encoded[i], *storage));
+    }
+    *out = *storage;
+    return Status::Ok();
+  }
+
+  Status DecodeCopyDiff() {
+    CopyDiffLayout layout;
+    DS_RETURN_IF_ERROR(ParseCopyDiffPayload(payload_, &layout));
+    const uint64_t n = seg_.new_length;
+    // Each control entry yields at least one byte and takes at most three 10-byte varints.
+    if (layout.raw_len[kDiffStream] > n || layout.raw_len[kLiteralStream] > n ||
+        layout.raw_len[kControlStream] > 30 * n) {
+      return Error(ErrorCode::kPatchMalformed, "copydiff streams larger than their segment");
+    }
+    ByteView ctrl, diff, lit;
+    DS_RETURN_IF_ERROR(DecodeStream(layout, kControlStream, &ctrl_buf_, &ctrl));
+    DS_RETURN_IF_ERROR(DecodeStream(layout, kDiffStream, &diff_buf_, &diff));
+    DS_RETURN_IF_ERROR(DecodeStream(layout, kLiteralStream, &lit_buf_, &lit));
+
+    ByteReader cr(ctrl);
+    uint64_t out_pos = 0, diff_pos = 0, lit_pos = 0;
+    int64_t old_pos = 0;
+    const uint64_t old_size = old_->size();
+    while (!cr.empty()) {
+      int64_t delta;
+      uint64_t copy_len, lit_len;
+      if (!cr.ReadSignedVarint(&delta) || !cr.ReadVarint(&copy_len) || !cr.ReadVarint(&lit_len)) {
+        return Error(ErrorCode::kPatchMalformed, "control stream truncated");
+      }
+      if (copy_len == 0 && lit_len == 0) {
+        return Error(ErrorCode::kPatchMalformed, "empty control entry");
+      }
+      if (__builtin_add_overflow(old_pos, delta, &old_pos) || old_pos < 0) {
+        return Error(ErrorCode::kPatchMalformed, "copy offset out of range");
+      }
+      uint64_t old_end, seg_end;
+      if (!CheckedAddU64(static_cast<uint64_t>(old_pos), copy_len, &old_end) ||
+          old_end > old_size) {
+        return Error(ErrorCode::kPatchMalformed, "copy reads past the end of the old file");
+      }
+      if (copy_len > n || lit_len > n || !CheckedAddU64(out_pos, copy_len + lit_len, &seg_end) ||
+          seg_end > n) {
+        return Error(ErrorCode::kPatchMalformed, "control entry overruns its segment");
+      }
+      if (copy_len > diff.size() - diff_pos || lit_len > lit.size() - lit_pos) {
+        return Error(ErrorCode::kPatchMalformed, "control entry overruns a data stream");
+      }
+      if (copy_len > 0) {
+        uint8_t* dst = output_.data() + out_pos;
+        DS_RETURN_IF_ERROR(old_reader_.Read(old_pos, std::span<uint8_t>(dst, copy_len)));
+        const uint8_t* d = diff.data() + diff_pos;
+        for (uint64_t i = 0; i < copy_len; ++i) dst[i] = static_cast<uint8_t>(dst[i] + d[i]);
+        out_pos += copy_len;
+        diff_pos += copy_len;
+        old_pos += static_cast<int64_t>(copy_len);
+      }
+      if (lit_len > 0) {
+        std::memcpy(output_.data() + out_pos, lit.data() + lit_pos, lit_len);
+        out_pos += lit_len;
+        lit_pos += lit_len;
+      }
+    }
+    if (out_pos != n || diff_pos != diff.size() || lit_pos != lit.size()) {
+      return Error(ErrorCode::kPatchMalformed, "copydiff streams do not add up to the segment");
+    }
+    return Status::Ok();
+  }
+
+  Status DecodeRef() {
+    ZstdRefLayout layout;
+    DS_RETURN_IF_ERROR(ParseZstdRefPayload(payload_, &layout));
+    uint64_t end;
+    if (layout.ref_length > header_.max_ref_window ||
+        !CheckedAddU64(layout.ref_offset, layout.ref_length, &end) || end > old_->size()) {
+      return Error(ErrorCode::kPatchMalformed, "reference window out of range");
+    }
+    ref_buf_.resize(layout.ref_length);
+    DS_RETURN_IF_ERROR(old_->ReadAt(layout.ref_offset, ref_buf_));
+    if (seg_.method == Method::kZstdRef) return DecodeZstd(dctx(), layout.frame, ref_buf_, output_);
+    return DecodeLzmaRef(layout.frame, &ref_buf_, seg_.new_length, output_);
+  }
+
+  const OldSource* old_;
+  OutputSink* out_;
+  ApplyLimits limits_;
+  OldWindowReader old_reader_;
+  ZSTD_DCtx* dctx_ = nullptr;
+
+  State state_ = State::kFileHeader;
+  Status failure_;
+  FileHeader header_;
+  SegmentHeader seg_;
+  uint32_t seg_crc_ = 0, seg_stored_crc_ = 0;
+  Bytes head_, payload_, output_, ctrl_buf_, diff_buf_, lit_buf_, ref_buf_;
+  uint64_t segments_done_ = 0;
+  uint64_t output_bytes_ = 0;
+  Sha256 sha_;
+};
+
+PatchApplier::PatchApplier(const OldSource* old, OutputSink* out, ApplyLimits limits)
+    : impl_(std::make_unique<Impl>(old, out, limits)) {}
+PatchApplier::~PatchApplier() = default;
+Status PatchApplier::Write(ByteView data) { return impl_->Write(data); }
+Status PatchApplier::Finish() { return impl_->Finish(); }
+bool PatchApplier::header_parsed() const { return impl_->header_parsed(); }
+const FileHeader& PatchApplier::header() const { return impl_->header(); }
+uint64_t PatchApplier::segments_done() const { return impl_->segments_done(); }
+uint64_t PatchApplier::output_bytes() const { return impl_->output_bytes(); }
+
+Result<Bytes> ApplyPatch(ByteView old, ByteView patch, const ApplyLimits& limits) {
+  MemoryOldSource src(old);
+  VectorSink sink;
+  PatchApplier applier(&src, &sink, limits);
+  DS_RETURN_IF_ERROR(applier.Write(patch));
+  DS_RETURN_IF_ERROR(applier.Finish());
+  return std::move(sink.bytes);
+}
+
+namespace {
+
+class AtomicFileSink : public OutputSink {
+ public:
+  explicit AtomicFileSink(AtomicFileWriter* w) : w_(w) {}
+  Status Write(ByteView data) override { return w_->Append(data); }
+
+ private:
+  AtomicFileWriter* w_;
+};
+
+}  // namespace
+
+Status ApplyPatchFile(const std::string& old_path, const std::string& patch_path,
+                      const std::string& out_path, const ApplyLimits& limits) {
+  DS_ASSIGN_OR_RETURN(auto old_file, RandomAccessFile::Open(old_path));
+  DS_ASSIGN_OR_RETURN(auto patch_file, RandomAccessFile::Open(patch_path));
+  DS_ASSIGN_OR_RETURN(mode_t mode, FileMode(old_path));
+  DS_ASSIGN_OR_RETURN(auto writer, AtomicFileWriter::Create(out_path, mode));
+  FileOldSource src(old_file.get());
+  AtomicFileSink sink(writer.get());
+  PatchApplier applier(&src, &sink, limits);
+  Bytes buf(std::min<uint64_t>(1 << 20, std::max<uint64_t>(patch_file->size(), 1)));
+  for (uint64_t pos = 0; pos < patch_file->size(); pos += buf.size()) {
+    const size_t n = std::min<uint64_t>(buf.size(), patch_file->size() - pos);
+    std::span<uint8_t> chunk(buf.data(), n);
+    DS_RETURN_IF_ERROR(patch_file->ReadAt(pos, chunk));
+    DS_RETURN_IF_ERROR(applier.Write(chunk));
+  }
+  DS_RETURN_IF_ERROR(applier.Finish());
+  return writer->Commit();
+}
+
+}  // namespace ds::delta

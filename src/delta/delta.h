@@ -1,0 +1,147 @@
+// Public API of the delta engine's apply side: streaming patch application and inspection.
+//
+// This header and the `ds_delta_apply` library are all a device needs; the generator lives in
+// delta_gen.h / `ds_delta_gen`, which the agent never links.
+//
+// Applying is push-based: feed the patch with Write() in pieces of any size, then Finish(). The
+// result does not depend on where the pieces split. Memory is bounded by the per-segment sizes
+// the patch declares in its header, which are checked against ApplyLimits before any segment is
+// decoded; the old file is read with positional reads through a small window, never loaded whole.
+//
+// Thread-safety: a PatchApplier is used by one thread at a time.
+#ifndef DELTASTREAM_DELTA_DELTA_H_
+#define DELTASTREAM_DELTA_DELTA_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/bytes.h"
+#include "common/status.h"
+#include "delta/patch_format.h"
+
+namespace ds {
+class RandomAccessFile;
+}
+
+namespace ds::delta {
+
+// Random access to the old (base) version.
+class OldSource {
+ public:
+  virtual ~OldSource() = default;
+  virtual uint64_t size() const = 0;
+  // Fills |out| from |offset|. REQUIRES: offset + out.size() <= size().
+  virtual Status ReadAt(uint64_t offset, std::span<uint8_t> out) const = 0;
+};
+
+// An OldSource over bytes in memory; |data| must outlive it.
+class MemoryOldSource : public OldSource {
+ public:
+  explicit MemoryOldSource(ByteView data) : data_(data) {}
+  uint64_t size() const override { return data_.size(); }
+  Status ReadAt(uint64_t offset, std::span<uint8_t> out) const override;
+
+ private:
+  ByteView data_;
+};
+
+// An OldSource over a file read with pread; |file| must outlive it.
+class FileOldSource : public OldSource {
+ public:
+  explicit FileOldSource(const RandomAccessFile* file) : file_(file) {}
+  uint64_t size() const override;
+  Status ReadAt(uint64_t offset, std::span<uint8_t> out) const override;
+
+ private:
+  const RandomAccessFile* file_;
+};
+
+// Where rebuilt bytes go, in order.
+class OutputSink {
+ public:
+  virtual ~OutputSink() = default;
+  virtual Status Write(ByteView data) = 0;
+};
+
+class VectorSink : public OutputSink {
+ public:
+  Status Write(ByteView data) override {
+    bytes.insert(bytes.end(), data.begin(), data.end());
+    return Status::Ok();
+  }
+  Bytes bytes;
+};
+
+// What an applier is willing to spend. A patch declaring more is refused with kResourceLimit.
+struct ApplyLimits {
+  uint64_t max_segment_output = 64ull << 20;
+  uint64_t max_segment_payload = 96ull << 20;
+  uint64_t max_ref_window = 64ull << 20;
+  // Hash the whole old file before the first segment (kPatchWrongBase on mismatch). Leave on
+  // unless the caller has verified the old file's SHA-256 itself.
+  bool verify_old_hash = true;
+};
+
+class PatchApplier {
+ public:
+  // |old| and |out| must outlive the applier.
+  PatchApplier(const OldSource* old, OutputSink* out, ApplyLimits limits = {});
+  ~PatchApplier();
+  PatchApplier(const PatchApplier&) = delete;
+  PatchApplier& operator=(const PatchApplier&) = delete;
+
+  // Consumes the next bytes of the patch. After an error every later call returns that error.
+  Status Write(ByteView data);
+  // Succeeds only when the whole patch was consumed and the output's size and SHA-256 match the
+  // header. Errors: kPatchTruncated, kPatchResultMismatch, or the earlier Write error.
+  Status Finish();
+
+  bool header_parsed() const;
+  // REQUIRES: header_parsed().
+  const FileHeader& header() const;
+  uint64_t segments_done() const;
+  uint64_t output_bytes() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Applies |patch| to |old| in memory (tests, small artifacts).
+Result<Bytes> ApplyPatch(ByteView old, ByteView patch, const ApplyLimits& limits = {});
+
+// Streams |patch_path| onto |old_path|, writing |out_path| atomically: |out_path| is replaced only
+// by a complete file whose SHA-256 matches the patch header; on any error it is left untouched.
+// The new file gets the old file's permission bits. |out_path| may equal |old_path|.
+Status ApplyPatchFile(const std::string& old_path, const std::string& patch_path,
+                      const std::string& out_path, const ApplyLimits& limits = {});
+
+struct SegmentInfo {
+  SegmentHeader header;
+  uint64_t patch_offset = 0;  // Where the segment starts in the patch.
+  // kZstdRef: the reference window in the old file.
+  uint64_t ref_offset = 0;
+  uint64_t ref_length = 0;
+  // kCopyDiff: raw and encoded sizes of the control, diff and literal streams.
+  uint64_t stream_raw[3] = {0, 0, 0};
+  uint64_t stream_encoded[3] = {0, 0, 0};
+  uint64_t copy_ops = 0;
+};
+
+struct PatchInfo {
+  FileHeader header;
+  uint64_t header_size = 0;
+  uint64_t patch_size = 0;
+  std::vector<SegmentInfo> segments;
+};
+
+// Walks a whole patch without the old file: checks framing, order and every checksum except the
+// rebuilt-output ones, and describes each segment.
+Result<PatchInfo> InspectPatch(ByteView patch);
+
+}  // namespace ds::delta
+
+#endif  // DELTASTREAM_DELTA_DELTA_H_

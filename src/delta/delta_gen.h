@@ -1,0 +1,61 @@
+// Public API of the delta engine's generator (server side only; never linked into the agent).
+//
+// GeneratePatch matches the whole new file against the whole old file with a suffix array, cuts
+// the new file into segments, and for each segment keeps the smallest of:
+//   copydiff - bsdiff-style copies with byte-wise differences plus literals, control/diff/literal
+//              streams each compressed by zstd;
+//   zstdref  - zstd with a window of the old file as its prefix (like `zstd --patch-from`);
+//   lzmaref  - LZMA2 with the old file as preset dictionary (small files; best on text);
+//   stored   - the bytes themselves (never worse than shipping the file).
+// Small files are also tried as one whole-file segment, and the smaller patch wins.
+//
+// Memory: old (n) + new (m) + suffix array (4n, 8n above 2 GiB) + per worker thread one segment's
+// streams (~4 x segment_size) and zstd's working state (level dependent, ~100-400 MiB at 19-22).
+//
+// Thread-safety: GeneratePatch may be called concurrently; it runs its own worker threads.
+#ifndef DELTASTREAM_DELTA_DELTA_GEN_H_
+#define DELTASTREAM_DELTA_DELTA_GEN_H_
+
+#include <cstdint>
+
+#include "common/bytes.h"
+#include "common/status.h"
+
+namespace ds::delta {
+
+struct GenerateOptions {
+  // New bytes per segment: the unit of streaming verification and resume.
+  uint64_t segment_size = 4ull << 20;
+  // Files whose new size is at most this are also tried as a single segment.
+  uint64_t whole_file_limit = 16ull << 20;
+  // Largest old window a zstdref segment may reference (the applier holds it in memory).
+  uint64_t max_ref_window = 32ull << 20;
+  // Old window per segment for zstdref trials in segmented patches.
+  uint64_t segment_ref_window = 8ull << 20;
+  // zstd levels for the copydiff streams and for zstdref segments (1-22).
+  int stream_level = 19;
+  int ref_level = 22;
+  // Try zstdref segments at all.
+  bool try_zstd_ref = true;
+  // Worker threads; 0 = one per core.
+  int threads = 0;
+};
+
+struct GenerateStats {
+  uint64_t segments = 0;
+  uint64_t stored_segments = 0;
+  uint64_t copydiff_segments = 0;
+  uint64_t ref_segments = 0;  // zstdref + lzmaref
+  uint64_t copy_ops = 0;
+  double suffix_sort_seconds = 0;
+  double match_seconds = 0;
+  double total_seconds = 0;
+};
+
+// Makes a patch that rebuilds |neu| from |old|.
+Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& options = {},
+                            GenerateStats* stats = nullptr);
+
+}  // namespace ds::delta
+
+#endif  // DELTASTREAM_DELTA_DELTA_GEN_H_

@@ -1,0 +1,397 @@
+// GeneratePatch: suffix-array matching, per-segment method choice, patch assembly.
+#define ZSTD_STATIC_LINKING_ONLY
+#include <lzma.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <future>
+#include <thread>
+
+#include "common/byte_writer.h"
+#include "common/hash.h"
+#include "delta/delta_gen.h"
+#include "delta/matcher.h"
+#include "delta/patch_format.h"
+#include "delta/suffix_array.h"
+
+namespace ds::delta {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// Runs fn(worker, index) for index in [0, count) on |threads| threads.
+void ParallelFor(int threads, size_t count, const std::function<void(int, size_t)>& fn) {
+  std::atomic<size_t> next{0};
+  auto work = [&](int worker) {
+    for (size_t i = next++; i < count; i = next++) fn(worker, i);
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads && static_cast<size_t>(t) < count; ++t) pool.emplace_back(work, t);
+  work(0);
+  for (auto& th : pool) th.join();
+}
+
+int CeilLog2(uint64_t v) {
+  int l = 0;
+  while ((1ull << l) < v && l < 63) ++l;
+  return l;
+}
+
+// One zstd compressor per worker, reused across tasks (its tables are large).
+class Compressor {
+ public:
+  Compressor() : cctx_(ZSTD_createCCtx()) {}
+  ~Compressor() { ZSTD_freeCCtx(cctx_); }
+  Compressor(const Compressor&) = delete;
+  Compressor& operator=(const Compressor&) = delete;
+
+  // A magicless frame without checksum, size or dictionary id (the patch records those itself).
+  Result<Bytes> Compress(ByteView src, int level, ByteView prefix = {}) {
+    ZSTD_CCtx_reset(cctx_, ZSTD_reset_session_and_parameters);
+    ZSTD_CCtx_setParameter(cctx_, ZSTD_c_compressionLevel, level);
+    ZSTD_CCtx_setParameter(cctx_, ZSTD_c_format, ZSTD_f_zstd1_magicless);
+    ZSTD_CCtx_setParameter(cctx_, ZSTD_c_contentSizeFlag, 0);
+    ZSTD_CCtx_setParameter(cctx_, ZSTD_c_checksumFlag, 0);
+    ZSTD_CCtx_setParameter(cctx_, ZSTD_c_dictIDFlag, 0);
+    if (!prefix.empty()) {
+      const int wlog = std::clamp(CeilLog2(prefix.size() + src.size()), ZSTD_WINDOWLOG_MIN,
+                                  ZSTD_WINDOWLOG_MAX_64);
+      ZSTD_CCtx_setParameter(cctx_, ZSTD_c_windowLog, wlog);
+      ZSTD_CCtx_setParameter(cctx_, ZSTD_c_enableLongDistanceMatching, 1);
+      const size_t rc = ZSTD_CCtx_refPrefix(cctx_, prefix.data(), prefix.size());
+      if (ZSTD_isError(rc)) return Error(ErrorCode::kInternal, ZSTD_getErrorName(rc));
+    }
+    Bytes out(ZSTD_compressBound(src.size()));
+    const size_t n = ZSTD_compress2(cctx_, out.data(), out.size(), src.data(), src.size());
+    if (ZSTD_isError(n)) {
+      return Error(ErrorCode::kInternal, std::string("zstd: ") + ZSTD_getErrorName(n));
+    }
+    out.resize(n);
+    return out;
+  }
+
+ private:
+  ZSTD_CCtx* cctx_;
+};
+
+// A raw LZMA2 stream at preset 9 with the longest match length: on copy/diff streams (long zero
+// runs broken by small differences) this is ~14% smaller than zstd --ultra -22.
+Result<Bytes> Lzma2Compress(ByteView src) {
+  lzma_options_lzma opt{};
+  if (lzma_lzma_preset(&opt, 9)) return Error(ErrorCode::kInternal, "lzma preset");
+  opt.nice_len = 273;
+  opt.dict_size = std::max<uint32_t>(
+      LZMA_DICT_SIZE_MIN, static_cast<uint32_t>(std::min<uint64_t>(src.size(), opt.dict_size)));
+  lzma_filter filters[2] = {{LZMA_FILTER_LZMA2, &opt}, {LZMA_VLI_UNKNOWN, nullptr}};
+  Bytes out(src.size() + src.size() / 16 + 1024);
+  size_t out_pos = 0;
+  const lzma_ret rc = lzma_raw_buffer_encode(filters, nullptr, src.data(), src.size(), out.data(),
+                                             &out_pos, out.size());
+  if (rc != LZMA_OK) {
+    return Error(ErrorCode::kInternal, "lzma2 encoder failed (" +
+                                           std::to_string(static_cast<int>(rc)) + ")");
+  }
+  out.resize(out_pos);
+  return out;
+}
+
+// A raw LZMA2 stream of |src| with |ref| as preset dictionary ("patch-from" with LZMA).
+Result<Bytes> Lzma2RefCompress(ByteView src, ByteView ref) {
+  lzma_options_lzma opt{};
+  if (lzma_lzma_preset(&opt, 9)) return Error(ErrorCode::kInternal, "lzma preset");
+  opt.nice_len = 273;
+  opt.dict_size = static_cast<uint32_t>(LzmaRefDictSize(ref.size(), src.size()));
+  opt.preset_dict = ref.empty() ? nullptr : ref.data();
+  opt.preset_dict_size = static_cast<uint32_t>(ref.size());
+  lzma_filter filters[2] = {{LZMA_FILTER_LZMA2, &opt}, {LZMA_VLI_UNKNOWN, nullptr}};
+  Bytes out(src.size() + src.size() / 16 + 1024);
+  size_t out_pos = 0;
+  const lzma_ret rc = lzma_raw_buffer_encode(filters, nullptr, src.data(), src.size(), out.data(),
+                                             &out_pos, out.size());
+  if (rc != LZMA_OK) return Error(ErrorCode::kInternal, "lzma2 reference encoder failed");
+  out.resize(out_pos);
+  return out;
+}
+
+// Streams up to this size are also tried with zstd (cheap at that size).
+constexpr size_t kZstdTrialLimit = 1 << 20;
+
+struct EncodedSegment {
+  SegmentHeader header;
+  Bytes payload;
+  uint64_t ref_length = 0;
+  uint64_t copy_ops = 0;
+  uint64_t encoded_size() const { return payload.size() + 24; }  // ~ header bytes
+};
+
+EncodedSegment Stored(ByteView neu, uint64_t begin, uint64_t end) {
+  EncodedSegment s;
+  s.header.method = Method::kStored;
+  s.payload.assign(neu.begin() + begin, neu.begin() + end);
+  return s;
+}
+
+Result<EncodedSegment> EncodeCopyDiff(ByteView old, ByteView neu, uint64_t begin,
+                                      const std::vector<CopyOp>& ops, int level,
+                                      Compressor* comp) {
+  Bytes streams[3];
+  ByteWriter ctrl(&streams[kControlStream]);
+  Bytes& diff = streams[kDiffStream];
+  Bytes& lit = streams[kLiteralStream];
+  uint64_t new_pos = begin;
+  int64_t old_cursor = 0;
+  for (const CopyOp& op : ops) {
+    const int64_t delta = op.copy_len ? static_cast<int64_t>(op.old_pos) - old_cursor : 0;
+    ctrl.WriteSignedVarint(delta);
+    ctrl.WriteVarint(op.copy_len);
+    ctrl.WriteVarint(op.lit_len);
+    if (op.copy_len) {
+      const size_t d0 = diff.size();
+      diff.resize(d0 + op.copy_len);
+      const uint8_t* o = old.data() + op.old_pos;
+      const uint8_t* w = neu.data() + new_pos;
+      for (uint64_t i = 0; i < op.copy_len; ++i) diff[d0 + i] = static_cast<uint8_t>(w[i] - o[i]);
+      old_cursor = static_cast<int64_t>(op.old_pos + op.copy_len);
+      new_pos += op.copy_len;
+    }
+    lit.insert(lit.end(), neu.begin() + new_pos, neu.begin() + new_pos + op.lit_len);
+    new_pos += op.lit_len;
+  }
+  Bytes encoded[3];
+  CopyDiffLayout layout;
+  for (int i = 0; i < 3; ++i) {
+    layout.raw_len[i] = streams[i].size();
+    layout.encoded[i] = streams[i];
+    if (streams[i].empty()) continue;
+    Result<Bytes> lz = Lzma2Compress(streams[i]);
+    if (!lz.ok()) return lz.status();
+    if (lz->size() < layout.encoded[i].size()) {
+      encoded[i] = std::move(lz).value();
+      layout.codec[i] = StreamCodec::kLzma2;
+      layout.encoded[i] = encoded[i];
+    }
+    if (streams[i].size() <= kZstdTrialLimit) {
+      Result<Bytes> z = comp->Compress(streams[i], level);
+      if (!z.ok()) return z.status();
+      if (z->size() < layout.encoded[i].size()) {
+        encoded[i] = std::move(z).value();
+        layout.codec[i] = StreamCodec::kZstd;
+        layout.encoded[i] = encoded[i];
+      }
+    }
+  }
+  EncodedSegment s;
+  s.header.method = Method::kCopyDiff;
+  s.copy_ops = ops.size();
+  WriteCopyDiffPayload(layout, &s.payload);
+  return s;
+}
+
+// |level| 0 selects LZMA2 (kLzmaRef), 1-22 a zstd level (kZstdRef).
+Result<EncodedSegment> EncodeRef(ByteView old, ByteView neu, uint64_t begin, uint64_t end,
+                                 uint64_t ref_offset, uint64_t ref_length, int level,
+                                 Compressor* comp) {
+  const ByteView src = neu.subspan(begin, end - begin);
+  const ByteView ref = old.subspan(ref_offset, ref_length);
+  Result<Bytes> z = level == 0 ? Lzma2RefCompress(src, ref) : comp->Compress(src, level, ref);
+  if (!z.ok()) return z.status();
+  EncodedSegment s;
+  s.header.method = level == 0 ? Method::kLzmaRef : Method::kZstdRef;
+  s.ref_length = ref_length;
+  WriteZstdRefPayload(ref_offset, ref_length, *z, &s.payload);
+  return s;
+}
+
+// The old window of |width| bytes that the segment's copies use most.
+uint64_t ChooseRefWindow(const std::vector<CopyOp>& ops, uint64_t old_size, uint64_t width,
+                         uint64_t fallback_center) {
+  std::vector<std::pair<uint64_t, uint64_t>> copies;
+  for (const CopyOp& op : ops) {
+    if (op.copy_len) copies.emplace_back(op.old_pos, op.copy_len);
+  }
+  uint64_t start;
+  if (copies.empty()) {
+    start = fallback_center > width / 2 ? fallback_center - width / 2 : 0;
+  } else {
+    std::sort(copies.begin(), copies.end());
+    uint64_t best = 0, sum = 0;
+    start = copies[0].first;
+    for (size_t lo = 0, hi = 0; lo < copies.size(); ++lo) {
+      while (hi < copies.size() && copies[hi].first < copies[lo].first + width) {
+        sum += copies[hi++].second;
+      }
+      if (sum > best) {
+        best = sum;
+        start = copies[lo].first;
+      }
+      sum -= copies[lo].second;
+    }
+  }
+  return std::min(start, old_size - width);
+}
+
+// Files up to this size always get the whole-file reference trials.
+constexpr uint64_t kAlwaysTryRefSize = 1 << 20;
+
+// True when at least 90% of a sample of |data| is printable ASCII or common whitespace.
+bool LooksLikeText(ByteView data) {
+  const size_t step = std::max<size_t>(1, data.size() / (1 << 20));
+  size_t seen = 0, text = 0;
+  for (size_t i = 0; i < data.size(); i += step) {
+    const uint8_t c = data[i];
+    text += (c >= 0x20 && c < 0x7f) || c == '\n' || c == '\r' || c == '\t';
+    ++seen;
+  }
+  return text * 10 >= seen * 9;
+}
+
+struct Plan {
+  std::vector<EncodedSegment> segments;
+  uint64_t size() const {
+    uint64_t s = 0;
+    for (const auto& seg : segments) s += seg.encoded_size();
+    return s;
+  }
+};
+
+}  // namespace
+
+Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& options,
+                            GenerateStats* stats) {
+  const auto t0 = Clock::now();
+  GenerateStats local_stats;
+  GenerateStats& st = stats ? *stats : local_stats;
+  st = GenerateStats();
+  if (options.segment_size == 0 || options.stream_level < 1 || options.stream_level > 22 ||
+      options.ref_level < 1 || options.ref_level > 22) {
+    return Error(ErrorCode::kInvalidArgument, "bad generator options");
+  }
+  const int threads = options.threads > 0
+                          ? options.threads
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const uint64_t n = old.size(), m = neu.size();
+
+  FileHeader header;
+  header.old_size = n;
+  header.new_size = m;
+  // Hash both files while the suffix array is built.
+  auto hashes = std::async(std::launch::async, [&] {
+    header.old_sha256 = Sha256::Of(old);
+    header.new_sha256 = Sha256::Of(neu);
+  });
+  const auto t_sort = Clock::now();
+  Result<SuffixArray> sa_or = SuffixArray::Build(old);
+  st.suffix_sort_seconds = SecondsSince(t_sort);
+  hashes.wait();
+  if (!sa_or.ok()) return sa_or.status();
+  const SuffixArray& sa = *sa_or;
+
+  // Segments of at most segment_size; their count is rounded up to a multiple of the thread count
+  // (above 1 MiB) so that the workers finish together.
+  size_t seg_count = m == 0 ? 0 : static_cast<size_t>((m - 1) / options.segment_size + 1);
+  if (m > (1u << 20) && threads > 1) seg_count = (seg_count + threads - 1) / threads * threads;
+  const uint64_t seg_size = seg_count == 0 ? options.segment_size : (m - 1) / seg_count + 1;
+  const bool small = m <= options.whole_file_limit;
+
+  std::vector<std::unique_ptr<Compressor>> comps;
+  for (int i = 0; i < threads; ++i) comps.push_back(std::make_unique<Compressor>());
+
+  // Phase 1, one task per segment: match (against the whole old file), then keep the smaller of
+  // copydiff and stored; on large text-like segments also try zstd with an old window.
+  Plan plan;
+  plan.segments.resize(seg_count);
+  std::vector<Status> errors(seg_count);
+  std::atomic<uint64_t> literal_total{0};
+  const auto t_match = Clock::now();
+  ParallelFor(threads, seg_count, [&](int worker, size_t i) {
+    Compressor* comp = comps[worker].get();
+    const uint64_t begin = i * seg_size, end = std::min(m, begin + seg_size);
+    const std::vector<CopyOp> ops = MatchRange(sa, neu, begin, end);
+    EncodedSegment best = Stored(neu, begin, end);
+    auto cd = EncodeCopyDiff(old, neu, begin, ops, options.stream_level, comp);
+    if (!cd.ok()) {
+      errors[i] = cd.status();
+      return;
+    }
+    if (cd->encoded_size() < best.encoded_size()) best = std::move(cd).value();
+    uint64_t literal_bytes = 0;
+    for (const CopyOp& op : ops) literal_bytes += op.lit_len;
+    literal_total += literal_bytes;
+    if (options.try_zstd_ref && !small && n > 0 && literal_bytes * 20 > end - begin) {
+      const uint64_t width = std::min(n, options.segment_ref_window);
+      const uint64_t center = n * begin / std::max<uint64_t>(m, 1);
+      const uint64_t ref_off = ChooseRefWindow(ops, n, width, center);
+      auto zr = EncodeRef(old, neu, begin, end, ref_off, width, options.stream_level, comp);
+      if (!zr.ok()) {
+        errors[i] = zr.status();
+        return;
+      }
+      if (zr->encoded_size() < best.encoded_size()) best = std::move(zr).value();
+    }
+    plan.segments[i] = std::move(best);
+  });
+  for (const Status& s : errors) DS_RETURN_IF_ERROR(s);
+  st.match_seconds = SecondsSince(t_match);
+
+  // Phase 2, small files: one whole-file segment with the whole old file as reference, which
+  // wins on text, where edits are many and short. The slow encoders run on text-like files, and
+  // on any file small enough for them to be cheap.
+  if (options.try_zstd_ref && small && m > 0 && n > 0 && n <= options.max_ref_window) {
+    if (m <= kAlwaysTryRefSize || LooksLikeText(neu)) {
+      std::optional<EncodedSegment> candidates[2];
+      Status cand_errors[2];
+      // Task 0: LZMA2 with the old file as preset dictionary; task 1: zstd at ref_level.
+      ParallelFor(threads, 2, [&](int worker, size_t task) {
+        auto r = EncodeRef(old, neu, 0, m, 0, n, task == 0 ? 0 : options.ref_level,
+                           comps[worker].get());
+        if (r.ok()) candidates[task] = std::move(r).value();
+        else cand_errors[task] = r.status();
+      });
+      for (const Status& s : cand_errors) DS_RETURN_IF_ERROR(s);
+      for (auto& c : candidates) {
+        if (c.has_value() && c->encoded_size() < plan.size()) {
+          Plan whole;
+          whole.segments.push_back(std::move(*c));
+          plan = std::move(whole);
+        }
+      }
+    }
+  }
+
+  // Assemble.
+  uint64_t offset = 0;
+  for (EncodedSegment& seg : plan.segments) {
+    const uint64_t len = plan.segments.size() == 1 ? m : std::min(seg_size, m - offset);
+    seg.header.new_offset = offset;
+    seg.header.new_length = len;
+    seg.header.output_crc32c = Crc32c(neu.subspan(offset, len));
+    seg.header.payload_length = seg.payload.size();
+    offset += len;
+    header.max_segment_output = std::max(header.max_segment_output, len);
+    header.max_segment_payload = std::max<uint64_t>(header.max_segment_payload, seg.payload.size());
+    header.max_ref_window = std::max(header.max_ref_window, seg.ref_length);
+    st.copy_ops += seg.copy_ops;
+    switch (seg.header.method) {
+      case Method::kStored: ++st.stored_segments; break;
+      case Method::kCopyDiff: ++st.copydiff_segments; break;
+      case Method::kZstdRef:
+      case Method::kLzmaRef: ++st.ref_segments; break;
+    }
+  }
+  header.segment_count = plan.segments.size();
+  st.segments = header.segment_count;
+  Bytes patch;
+  WriteFileHeader(header, &patch);
+  for (const EncodedSegment& seg : plan.segments) WriteSegment(seg.header, seg.payload, &patch);
+  st.total_seconds = SecondsSince(t0);
+  return patch;
+}
+
+}  // namespace ds::delta

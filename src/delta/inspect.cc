@@ -1,0 +1,68 @@
+// InspectPatch: a structural walk over a whole patch, without the old file.
+#include "common/byte_reader.h"
+#include "delta/delta.h"
+
+namespace ds::delta {
+
+Result<PatchInfo> InspectPatch(ByteView patch) {
+  PatchInfo info;
+  info.patch_size = patch.size();
+  size_t consumed = 0;
+  DS_RETURN_IF_ERROR(ParseFileHeader(patch, &info.header, &consumed));
+  if (consumed == 0) return Error(ErrorCode::kPatchTruncated, "patch ended inside its header");
+  info.header_size = consumed;
+  size_t pos = consumed;
+  uint64_t expected_offset = 0;
+  for (uint64_t i = 0; i < info.header.segment_count; ++i) {
+    const std::string where = "segment " + std::to_string(i + 1);
+    SegmentInfo seg;
+    seg.patch_offset = pos;
+    uint32_t crc_state, stored_crc;
+    DS_RETURN_IF_ERROR(ParseSegmentHeader(patch.subspan(pos), &seg.header, &consumed, &crc_state,
+                                          &stored_crc));
+    if (consumed == 0) return Error(ErrorCode::kPatchTruncated, where + " header truncated");
+    pos += consumed;
+    const SegmentHeader& h = seg.header;
+    uint64_t end;
+    if (h.new_offset != expected_offset || h.new_length == 0 ||
+        !CheckedAddU64(h.new_offset, h.new_length, &end) || end > info.header.new_size) {
+      return Error(ErrorCode::kPatchSegmentOrder, where + " range is out of order");
+    }
+    if (h.new_length > info.header.max_segment_output ||
+        h.payload_length > info.header.max_segment_payload) {
+      return Error(ErrorCode::kPatchMalformed, where + " exceeds the declared maxima");
+    }
+    expected_offset = end;
+    if (h.payload_length > patch.size() - pos) {
+      return Error(ErrorCode::kPatchTruncated, where + " payload truncated");
+    }
+    ByteView payload = patch.subspan(pos, h.payload_length);
+    if (Crc32c(payload, crc_state) != stored_crc) {
+      return Error(ErrorCode::kPatchChecksum, where + " checksum mismatch");
+    }
+    pos += h.payload_length;
+    if (h.method == Method::kCopyDiff) {
+      CopyDiffLayout layout;
+      DS_RETURN_IF_ERROR(ParseCopyDiffPayload(payload, &layout).WithContext(where));
+      for (int s = 0; s < 3; ++s) {
+        seg.stream_raw[s] = layout.raw_len[s];
+        seg.stream_encoded[s] = layout.encoded[s].size();
+      }
+    } else if (h.method == Method::kZstdRef || h.method == Method::kLzmaRef) {
+      ZstdRefLayout layout;
+      DS_RETURN_IF_ERROR(ParseZstdRefPayload(payload, &layout).WithContext(where));
+      seg.ref_offset = layout.ref_offset;
+      seg.ref_length = layout.ref_length;
+    }
+    info.segments.push_back(seg);
+  }
+  if (expected_offset != info.header.new_size) {
+    return Error(ErrorCode::kPatchSegmentOrder, "segments do not cover the result");
+  }
+  if (pos != patch.size()) {
+    return Error(ErrorCode::kPatchTrailingData, "bytes after the last segment");
+  }
+  return info;
+}
+
+}  // namespace ds::delta

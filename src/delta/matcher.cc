@@ -1,0 +1,100 @@
+#include "delta/matcher.h"
+
+namespace ds::delta {
+
+std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t begin, uint64_t end,
+                               const MatchOptions& options) {
+  const ByteView old = sa.text();
+  const int64_t n = static_cast<int64_t>(old.size());
+  const int64_t e = static_cast<int64_t>(end);
+  const uint8_t* o = old.data();
+  const uint8_t* w = neu.data();
+  // Does new[i] equal old[i + offset]?
+  auto same_at = [&](int64_t i, int64_t offset) {
+    const int64_t j = i + offset;
+    return j >= 0 && j < n && o[j] == w[i];
+  };
+
+  std::vector<CopyOp> ops;
+  int64_t scan = static_cast<int64_t>(begin);
+  int64_t len = 0;
+  int64_t pos = 0;
+  // The alignment in force: the previous copy started at last_scan in new, last_pos in old.
+  int64_t last_scan = scan;
+  int64_t last_pos = n > 0 ? std::min<int64_t>(scan, n - 1) : 0;
+  int64_t last_offset = last_pos - last_scan;
+
+  while (scan < e) {
+    int64_t old_score = 0;  // Bytes of new[scan, scan+len) that the current alignment matches.
+    scan += len;
+    int64_t scored_to = scan;
+    for (; scan < e; ++scan) {
+      uint64_t p;
+      len = static_cast<int64_t>(
+          sa.LongestMatch(ByteView(w + scan, static_cast<size_t>(e - scan)), &p));
+      pos = static_cast<int64_t>(p);
+      for (; scored_to < scan + len; ++scored_to) old_score += same_at(scored_to, last_offset);
+      // Take the new match when the current alignment explains it no worse (a continuation), or
+      // when it beats the alignment clearly.
+      if ((len == old_score && len != 0) || len > old_score + static_cast<int64_t>(options.min_gain)) {
+        break;
+      }
+      if (same_at(scan, last_offset)) --old_score;
+    }
+    if (len == old_score && scan != e) continue;
+
+    // Extend the previous alignment forwards from last_scan: keep the prefix where matches
+    // outnumber mismatches by the most.
+    int64_t len_f = 0;
+    {
+      int64_t matches = 0, best = 0;
+      for (int64_t i = 0; last_scan + i < scan && last_pos + i < n;) {
+        matches += o[last_pos + i] == w[last_scan + i];
+        ++i;
+        if (matches * 2 - i > best * 2 - len_f) {
+          best = matches;
+          len_f = i;
+        }
+      }
+    }
+    // Extend the new match backwards the same way.
+    int64_t len_b = 0;
+    if (scan < e) {
+      int64_t matches = 0, best = 0;
+      for (int64_t i = 1; scan >= last_scan + i && pos >= i; ++i) {
+        matches += o[pos - i] == w[scan - i];
+        if (matches * 2 - i > best * 2 - len_b) {
+          best = matches;
+          len_b = i;
+        }
+      }
+    }
+    // Where the two extensions overlap, split at the point that keeps the most matches.
+    if (last_scan + len_f > scan - len_b) {
+      const int64_t overlap = (last_scan + len_f) - (scan - len_b);
+      int64_t score = 0, best = 0, split = 0;
+      for (int64_t i = 0; i < overlap; ++i) {
+        score += w[last_scan + len_f - overlap + i] == o[last_pos + len_f - overlap + i];
+        score -= w[scan - len_b + i] == o[pos - len_b + i];
+        if (score > best) {
+          best = score;
+          split = i + 1;
+        }
+      }
+      len_f += split - overlap;
+      len_b -= split;
+    }
+
+    const int64_t lit = (scan - len_b) - (last_scan + len_f);
+    if (len_f > 0 || lit > 0) {
+      ops.push_back(CopyOp{static_cast<uint64_t>(len_f > 0 ? last_pos : 0),
+                           static_cast<uint64_t>(len_f), static_cast<uint64_t>(lit)});
+    }
+    last_scan = scan - len_b;
+    last_pos = pos - len_b;
+    last_offset = pos - scan;
+  }
+  return ops;
+}
+
+}  // namespace ds::delta

@@ -1,0 +1,245 @@
+#include "delta/patch_format.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "common/byte_reader.h"
+#include "common/byte_writer.h"
+
+namespace ds::delta {
+
+const char* MethodName(Method m) {
+  switch (m) {
+    case Method::kStored: return "stored";
+    case Method::kCopyDiff: return "copydiff";
+    case Method::kZstdRef: return "zstdref";
+    case Method::kLzmaRef: return "lzmaref";
+  }
+  return "unknown";
+}
+
+uint64_t LzmaRefDictSize(uint64_t ref_length, uint64_t new_length) {
+  return std::max<uint64_t>(4096, ref_length + new_length);
+}
+
+void WriteFileHeader(const FileHeader& h, Bytes* out) {
+  Bytes fields;
+  ByteWriter f(&fields);
+  f.WriteU8(static_cast<uint8_t>(h.algorithm));
+  f.WriteVarint(h.flags);
+  f.WriteVarint(h.old_size);
+  f.WriteBytes(h.old_sha256);
+  f.WriteVarint(h.new_size);
+  f.WriteBytes(h.new_sha256);
+  f.WriteVarint(h.segment_count);
+  f.WriteVarint(h.max_segment_output);
+  f.WriteVarint(h.max_segment_payload);
+  f.WriteVarint(h.max_ref_window);
+
+  const size_t start = out->size();
+  ByteWriter w(out);
+  w.WriteBytes(kPatchMagic);
+  w.WriteU8(h.major);
+  w.WriteU8(h.minor);
+  w.WriteVarint(fields.size() + 4);
+  w.WriteBytes(fields);
+  const uint32_t crc = Crc32c(ByteView(out->data() + start, out->size() - start));
+  w.WriteU32Le(crc);
+}
+
+Status ParseFileHeader(ByteView buf, FileHeader* h, size_t* consumed) {
+  *consumed = 0;
+  const size_t magic_len = std::min(buf.size(), kPatchMagic.size());
+  if (std::memcmp(buf.data(), kPatchMagic.data(), magic_len) != 0) {
+    return Error(ErrorCode::kPatchBadMagic, "not a deltastream patch (bad magic)");
+  }
+  ByteReader r(buf);
+  uint8_t major, minor;
+  uint64_t len;
+  if (!r.Skip(4) || !r.ReadU8(&major) || !r.ReadU8(&minor)) return Status::Ok();
+  if (major != kFormatMajor) {
+    return Error(ErrorCode::kPatchVersion, "patch format version " + std::to_string(major) + "." +
+                                               std::to_string(minor) + " is not supported");
+  }
+  if (!r.ReadVarint(&len)) {
+    if (r.remaining() >= 10) return Error(ErrorCode::kPatchMalformed, "bad header length");
+    return Status::Ok();
+  }
+  if (len < 4 || len > kMaxFileHeaderLen) {
+    return Error(ErrorCode::kPatchMalformed, "header length " + std::to_string(len));
+  }
+  if (r.remaining() < len) return Status::Ok();
+  const size_t body_start = r.position();
+  const size_t total = body_start + len;
+  uint32_t stored_crc;
+  ByteReader crc_reader(buf.subspan(total - 4, 4));
+  crc_reader.ReadU32Le(&stored_crc);
+  if (Crc32c(buf.first(total - 4)) != stored_crc) {
+    return Error(ErrorCode::kPatchChecksum, "file header checksum mismatch");
+  }
+  // Fields; a later minor version may append fields, which are skipped.
+  ByteReader fr(buf.subspan(body_start, len - 4));
+  uint8_t algorithm;
+  FileHeader out;
+  out.major = major;
+  out.minor = minor;
+  if (!fr.ReadU8(&algorithm) || !fr.ReadVarint(&out.flags) || !fr.ReadVarint(&out.old_size) ||
+      !fr.ReadInto(out.old_sha256.data(), 32) || !fr.ReadVarint(&out.new_size) ||
+      !fr.ReadInto(out.new_sha256.data(), 32) || !fr.ReadVarint(&out.segment_count) ||
+      !fr.ReadVarint(&out.max_segment_output) || !fr.ReadVarint(&out.max_segment_payload) ||
+      !fr.ReadVarint(&out.max_ref_window)) {
+    return Error(ErrorCode::kPatchMalformed, "file header fields truncated");
+  }
+  if (algorithm != static_cast<uint8_t>(Algorithm::kGeneric)) {
+    return Error(ErrorCode::kPatchUnknownMethod, "unknown algorithm " + std::to_string(algorithm));
+  }
+  out.algorithm = static_cast<Algorithm>(algorithm);
+  DS_RETURN_IF_ERROR(ValidateFileHeader(out));
+  *h = out;
+  *consumed = total;
+  return Status::Ok();
+}
+
+Status ValidateFileHeader(const FileHeader& h) {
+  if (h.flags != 0) return Error(ErrorCode::kPatchMalformed, "unknown header flags");
+  if (h.new_size == 0 && h.segment_count != 0) {
+    return Error(ErrorCode::kPatchMalformed, "segments for an empty result");
+  }
+  if (h.new_size > 0 && h.segment_count == 0) {
+    return Error(ErrorCode::kPatchMalformed, "no segments for a non-empty result");
+  }
+  if (h.segment_count > h.new_size) {
+    return Error(ErrorCode::kPatchMalformed, "more segments than result bytes");
+  }
+  if (h.new_size > 0 && h.max_segment_output == 0) {
+    return Error(ErrorCode::kPatchMalformed, "zero max segment output");
+  }
+  if (h.max_segment_output > h.new_size) {
+    return Error(ErrorCode::kPatchMalformed, "max segment output exceeds result size");
+  }
+  // Every segment is at most max_segment_output long, so the count must be enough to cover.
+  if (h.max_segment_output > 0 &&
+      (h.new_size - 1) / h.max_segment_output + 1 > h.segment_count) {
+    return Error(ErrorCode::kPatchMalformed, "segments cannot cover the result size");
+  }
+  if (h.max_ref_window > h.old_size) {
+    return Error(ErrorCode::kPatchMalformed, "reference window larger than the old file");
+  }
+  return Status::Ok();
+}
+
+void WriteSegment(const SegmentHeader& s, ByteView payload, Bytes* out) {
+  Bytes fields;
+  ByteWriter f(&fields);
+  f.WriteVarint(s.new_offset);
+  f.WriteVarint(s.new_length);
+  f.WriteU8(static_cast<uint8_t>(s.method));
+  f.WriteU8(static_cast<uint8_t>(s.transform));
+  f.WriteVarint(payload.size());
+  f.WriteU32Le(s.output_crc32c);
+
+  const size_t start = out->size();
+  ByteWriter w(out);
+  w.WriteVarint(fields.size());
+  w.WriteBytes(fields);
+  uint32_t crc = Crc32c(ByteView(out->data() + start, out->size() - start));
+  crc = Crc32c(payload, crc);
+  w.WriteU32Le(crc);
+  w.WriteBytes(payload);
+}
+
+Status ParseSegmentHeader(ByteView buf, SegmentHeader* s, size_t* consumed, uint32_t* crc_state,
+                          uint32_t* stored_crc) {
+  *consumed = 0;
+  ByteReader r(buf);
+  uint64_t len;
+  if (!r.ReadVarint(&len)) {
+    if (r.remaining() >= 10) return Error(ErrorCode::kPatchMalformed, "bad segment header length");
+    return Status::Ok();
+  }
+  if (len > kMaxSegmentHeaderLen) {
+    return Error(ErrorCode::kPatchMalformed, "segment header length " + std::to_string(len));
+  }
+  if (r.remaining() < len + 4) return Status::Ok();
+  ByteView fields_view;
+  r.ReadView(len, &fields_view);
+  const size_t covered = r.position();
+  r.ReadU32Le(stored_crc);
+
+  ByteReader fr(fields_view);
+  SegmentHeader out;
+  uint8_t method, transform;
+  if (!fr.ReadVarint(&out.new_offset) || !fr.ReadVarint(&out.new_length) ||
+      !fr.ReadU8(&method) || !fr.ReadU8(&transform) || !fr.ReadVarint(&out.payload_length) ||
+      !fr.ReadU32Le(&out.output_crc32c)) {
+    return Error(ErrorCode::kPatchMalformed, "segment header fields truncated");
+  }
+  if (method > static_cast<uint8_t>(Method::kLzmaRef)) {
+    return Error(ErrorCode::kPatchUnknownMethod, "unknown segment method " + std::to_string(method));
+  }
+  if (transform != static_cast<uint8_t>(Transform::kNone)) {
+    return Error(ErrorCode::kPatchUnknownMethod,
+                 "unknown segment transform " + std::to_string(transform));
+  }
+  out.method = static_cast<Method>(method);
+  out.transform = static_cast<Transform>(transform);
+  *crc_state = Crc32c(buf.first(covered));
+  *s = out;
+  *consumed = r.position();
+  return Status::Ok();
+}
+
+void WriteCopyDiffPayload(const CopyDiffLayout& layout, Bytes* out) {
+  ByteWriter w(out);
+  for (int i = 0; i < 3; ++i) {
+    w.WriteU8(static_cast<uint8_t>(layout.codec[i]));
+    w.WriteVarint(layout.raw_len[i]);
+    w.WriteVarint(layout.encoded[i].size());
+  }
+  for (int i = 0; i < 3; ++i) w.WriteBytes(layout.encoded[i]);
+}
+
+Status ParseCopyDiffPayload(ByteView payload, CopyDiffLayout* out) {
+  ByteReader r(payload);
+  uint64_t enc_len[3];
+  for (int i = 0; i < 3; ++i) {
+    uint8_t codec;
+    if (!r.ReadU8(&codec) || !r.ReadVarint(&out->raw_len[i]) || !r.ReadVarint(&enc_len[i])) {
+      return Error(ErrorCode::kPatchMalformed, "copydiff stream table truncated");
+    }
+    if (codec > static_cast<uint8_t>(StreamCodec::kLzma2)) {
+      return Error(ErrorCode::kPatchUnknownMethod, "unknown stream codec " + std::to_string(codec));
+    }
+    out->codec[i] = static_cast<StreamCodec>(codec);
+    if (out->codec[i] == StreamCodec::kStored ? enc_len[i] != out->raw_len[i]
+                                              : enc_len[i] >= out->raw_len[i]) {
+      return Error(ErrorCode::kPatchMalformed, "copydiff stream length inconsistent with codec");
+    }
+  }
+  for (int i = 0; i < 3; ++i) {
+    if (!r.ReadView(enc_len[i], &out->encoded[i])) {
+      return Error(ErrorCode::kPatchMalformed, "copydiff stream overruns its segment");
+    }
+  }
+  if (!r.empty()) return Error(ErrorCode::kPatchMalformed, "bytes after copydiff streams");
+  return Status::Ok();
+}
+
+void WriteZstdRefPayload(uint64_t ref_offset, uint64_t ref_length, ByteView frame, Bytes* out) {
+  ByteWriter w(out);
+  w.WriteVarint(ref_offset);
+  w.WriteVarint(ref_length);
+  w.WriteBytes(frame);
+}
+
+Status ParseZstdRefPayload(ByteView payload, ZstdRefLayout* out) {
+  ByteReader r(payload);
+  if (!r.ReadVarint(&out->ref_offset) || !r.ReadVarint(&out->ref_length)) {
+    return Error(ErrorCode::kPatchMalformed, "zstdref window truncated");
+  }
+  out->frame = r.Rest();
+  return Status::Ok();
+}
+
+}  // namespace ds::delta

@@ -1,0 +1,135 @@
+// The deltastream patch format (DSPF), shared by the writer and the reader.
+// docs/FORMAT.md is the field-by-field specification; keep the two in step.
+//
+//   patch    := file_header segment*
+//   file_header := "DSPF" major:u8 minor:u8 header_len:varint fields... crc32c:u32
+//   segment  := seg_len:varint seg_fields... crc32c:u32 payload[payload_length]
+//
+// Each segment rebuilds new[new_offset, new_offset + new_length); segments are consecutive and
+// decode independently of each other, so a patch can be applied while it streams in, checked
+// piece by piece, and resumed at any segment boundary.
+//
+// Thread-safety: plain functions and values.
+#ifndef DELTASTREAM_DELTA_PATCH_FORMAT_H_
+#define DELTASTREAM_DELTA_PATCH_FORMAT_H_
+
+#include <array>
+#include <cstdint>
+
+#include "common/bytes.h"
+#include "common/hash.h"
+#include "common/status.h"
+
+namespace ds::delta {
+
+inline constexpr std::array<uint8_t, 4> kPatchMagic = {'D', 'S', 'P', 'F'};
+inline constexpr uint8_t kFormatMajor = 1;
+inline constexpr uint8_t kFormatMinor = 0;
+
+// Bounds on the framing itself (not on the data), so that a hostile patch cannot make the reader
+// buffer an unbounded header.
+inline constexpr uint64_t kMaxFileHeaderLen = 4096;
+inline constexpr uint64_t kMaxSegmentHeaderLen = 256;
+// Bytes after the magic that are enough to know the header length: major, minor, 10-byte varint.
+inline constexpr size_t kFileHeaderPrefixLen = 4 + 2 + 10;
+
+// Which generator family made the patch (informational; methods are per segment).
+enum class Algorithm : uint8_t {
+  kGeneric = 1,  // Suffix-array copy+diff / zstd reference matching (this engine).
+};
+
+// How a segment's payload rebuilds its range. Values are format constants.
+enum class Method : uint8_t {
+  kStored = 0,    // payload is the new bytes.
+  kCopyDiff = 1,  // control/diff/literal streams (bsdiff-like), each zstd-compressed or stored.
+  kZstdRef = 2,   // a magicless zstd frame compressed with old[ref_offset, +ref_length) as prefix.
+  kLzmaRef = 3,   // a raw LZMA2 stream with old[ref_offset, +ref_length) as preset dictionary.
+};
+
+// The LZMA2 dictionary of a kLzmaRef segment: reference plus output, at least LZMA's minimum.
+uint64_t LzmaRefDictSize(uint64_t ref_length, uint64_t new_length);
+
+// A reversible transform applied to a segment's output (reserved for executable-aware diffing).
+enum class Transform : uint8_t {
+  kNone = 0,
+};
+
+const char* MethodName(Method m);
+
+struct FileHeader {
+  uint8_t major = kFormatMajor;
+  uint8_t minor = kFormatMinor;
+  Algorithm algorithm = Algorithm::kGeneric;
+  uint64_t flags = 0;  // Reserved, must be 0 in version 1.0.
+  uint64_t old_size = 0;
+  Sha256Digest old_sha256{};
+  uint64_t new_size = 0;
+  Sha256Digest new_sha256{};
+  uint64_t segment_count = 0;
+  // Upper bounds over all segments, so an applier can refuse a patch it cannot afford before it
+  // starts: largest new_length, largest payload_length, largest zstd reference window.
+  uint64_t max_segment_output = 0;
+  uint64_t max_segment_payload = 0;
+  uint64_t max_ref_window = 0;
+};
+
+struct SegmentHeader {
+  uint64_t new_offset = 0;
+  uint64_t new_length = 0;
+  Method method = Method::kStored;
+  Transform transform = Transform::kNone;
+  uint64_t payload_length = 0;
+  uint32_t output_crc32c = 0;  // CRC32C of the rebuilt new bytes of this segment.
+};
+
+// Serialises |h| (with its checksum) to |out|.
+void WriteFileHeader(const FileHeader& h, Bytes* out);
+
+// Parses a file header from the front of |buf|. On success sets |*consumed|. When |buf| is a
+// prefix too short to decide, returns OK with |*consumed| == 0 (feed more bytes). Errors:
+// kPatchBadMagic, kPatchVersion, kPatchChecksum, kPatchMalformed.
+Status ParseFileHeader(ByteView buf, FileHeader* h, size_t* consumed);
+
+// Serialises a segment header followed by its payload. The segment checksum covers both.
+void WriteSegment(const SegmentHeader& s, ByteView payload, Bytes* out);
+
+// Parses a segment header (not the payload). On success |*consumed| is the header's length and
+// |*crc_state| the running CRC over the header that the payload must continue; the stored CRC is
+// returned in |*stored_crc|. Same "need more" convention as ParseFileHeader.
+Status ParseSegmentHeader(ByteView buf, SegmentHeader* s, size_t* consumed, uint32_t* crc_state,
+                          uint32_t* stored_crc);
+
+// kCopyDiff payload: for each of the control, diff and literal streams a codec byte and a
+// (raw_len, encoded_len) varint pair, then the three encoded streams back to back.
+enum CopyDiffStream { kControlStream = 0, kDiffStream = 1, kLiteralStream = 2 };
+enum class StreamCodec : uint8_t {
+  kStored = 0,  // encoded_len == raw_len, the bytes as they are.
+  kZstd = 1,    // a magicless zstd frame (no checksum, size or dictionary id).
+  kLzma2 = 2,   // a raw LZMA2 stream; the decoder's dictionary is raw_len bytes.
+};
+struct CopyDiffLayout {
+  StreamCodec codec[3] = {StreamCodec::kStored, StreamCodec::kStored, StreamCodec::kStored};
+  uint64_t raw_len[3] = {0, 0, 0};
+  ByteView encoded[3];
+};
+void WriteCopyDiffPayload(const CopyDiffLayout& layout, Bytes* out);
+// Splits |payload| (borrowed by the views in |out|). kPatchMalformed on bad framing,
+// kPatchUnknownMethod on an unknown codec.
+Status ParseCopyDiffPayload(ByteView payload, CopyDiffLayout* out);
+
+// kZstdRef / kLzmaRef payload: ref_offset varint, ref_length varint, then the zstd frame or the
+// LZMA2 stream.
+struct ZstdRefLayout {
+  uint64_t ref_offset = 0;
+  uint64_t ref_length = 0;
+  ByteView frame;
+};
+void WriteZstdRefPayload(uint64_t ref_offset, uint64_t ref_length, ByteView frame, Bytes* out);
+Status ParseZstdRefPayload(ByteView payload, ZstdRefLayout* out);
+
+// Checks a parsed header against itself (sizes, counts, bounds). kPatchMalformed on failure.
+Status ValidateFileHeader(const FileHeader& h);
+
+}  // namespace ds::delta
+
+#endif  // DELTASTREAM_DELTA_PATCH_FORMAT_H_
