@@ -36,6 +36,9 @@ Status RunDiff(const DiffArgs& args) {
                 "), copy ops %" PRIu64 "\n",
                 stats.segments, stats.copydiff_segments, stats.ref_segments,
                 stats.stored_segments, stats.copy_ops);
+    if (stats.unmatched_fraction >= 0) {
+      std::printf("sampled new pieces not in old: %.1f%%\n", 100 * stats.unmatched_fraction);
+    }
     std::printf("suffix sort %.2f s, matching %.2f s, total %.2f s\n", stats.suffix_sort_seconds,
                 stats.match_seconds, Since(t0));
   }

@@ -47,6 +47,7 @@ struct GenerateStats {
   uint64_t copydiff_segments = 0;
   uint64_t ref_segments = 0;  // zstdref + lzmaref
   uint64_t copy_ops = 0;
+  double unmatched_fraction = -1;  // Sampled share of new pieces absent from old (-1: not taken).
   double suffix_sort_seconds = 0;
   double match_seconds = 0;
   double total_seconds = 0;
