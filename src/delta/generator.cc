@@ -84,10 +84,12 @@ class Compressor {
 // A raw LZMA2 stream at preset 9. On diff streams (long zero runs broken by small differences)
 // the longest match length (|nice_len| 273) makes it ~14% smaller than zstd --ultra -22; on
 // control and literal streams a short one is as good and faster.
-Result<Bytes> Lzma2Compress(ByteView src, uint32_t nice_len) {
+// |preset| 9 is for compressible streams; on nearly random ones a fast preset loses almost
+// nothing and saves most of the time.
+Result<Bytes> Lzma2Compress(ByteView src, uint32_t preset, uint32_t nice_len) {
   lzma_options_lzma opt{};
-  if (lzma_lzma_preset(&opt, 9)) return Error(ErrorCode::kInternal, "lzma preset");
-  opt.nice_len = nice_len;
+  if (lzma_lzma_preset(&opt, preset)) return Error(ErrorCode::kInternal, "lzma preset");
+  if (nice_len) opt.nice_len = nice_len;
   opt.dict_size = std::max<uint32_t>(
       LZMA_DICT_SIZE_MIN, static_cast<uint32_t>(std::min<uint64_t>(src.size(), opt.dict_size)));
   lzma_filter filters[2] = {{LZMA_FILTER_LZMA2, &opt}, {LZMA_VLI_UNKNOWN, nullptr}};
@@ -175,14 +177,21 @@ Result<EncodedSegment> EncodeCopyDiff(ByteView old, ByteView neu, uint64_t begin
     Result<Bytes> probe = comp->Compress(streams[i], 3);
     if (!probe.ok()) return probe.status();
     if (probe->size() >= streams[i].size()) continue;
-    Result<Bytes> lz = Lzma2Compress(streams[i], i == kDiffStream ? 273 : 32);
+    encoded[i] = std::move(probe).value();
+    layout.codec[i] = StreamCodec::kZstd;
+    layout.encoded[i] = encoded[i];
+    // Nearly all one value (e.g. the diff of an unchanged region): nothing left to gain.
+    if (encoded[i].size() * 1024 < streams[i].size()) continue;
+    const bool dense = encoded[i].size() * 10 > streams[i].size() * 9;
+    Result<Bytes> lz = dense ? Lzma2Compress(streams[i], 2, 0)
+                             : Lzma2Compress(streams[i], 9, i == kDiffStream ? 273 : 32);
     if (!lz.ok()) return lz.status();
     if (lz->size() < layout.encoded[i].size()) {
       encoded[i] = std::move(lz).value();
       layout.codec[i] = StreamCodec::kLzma2;
       layout.encoded[i] = encoded[i];
     }
-    if (streams[i].size() <= kZstdTrialLimit) {
+    if (streams[i].size() <= kZstdTrialLimit && !dense) {
       Result<Bytes> z = comp->Compress(streams[i], level);
       if (!z.ok()) return z.status();
       if (z->size() < layout.encoded[i].size()) {
@@ -323,6 +332,8 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
   size_t seg_count = m == 0 ? 0 : static_cast<size_t>((m - 1) / options.segment_size + 1);
   if (m > (1u << 20) && threads > 1) seg_count = (seg_count + threads - 1) / threads * threads;
   const uint64_t seg_size = seg_count == 0 ? options.segment_size : (m - 1) / seg_count + 1;
+  // Rounding the size up can make fewer segments than counted; never leave an empty one.
+  if (m > 0) seg_count = static_cast<size_t>((m - 1) / seg_size + 1);
   const bool small = m <= options.whole_file_limit;
 
   std::vector<std::unique_ptr<Compressor>> comps;

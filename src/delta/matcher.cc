@@ -1,6 +1,17 @@
 #include "delta/matcher.h"
 
+#include <algorithm>
+
 namespace ds::delta {
+namespace {
+
+// Sparse probing: after 2^kMissShift probes without a match of kUsefulMatch bytes the step grows
+// by one, up to kMaxStep.
+constexpr int64_t kUsefulMatch = 16;
+constexpr int kMissShift = 7;
+constexpr int64_t kMaxStep = 8;
+
+}  // namespace
 
 std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t begin, uint64_t end,
                                const MatchOptions& options) {
@@ -28,7 +39,11 @@ std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t beg
     int64_t old_score = 0;  // Bytes of new[scan, scan+len) that the current alignment matches.
     scan += len;
     int64_t scored_to = scan;
-    for (; scan < e; ++scan) {
+    // In regions where nothing useful matches (new or incompressible data), probe ever more
+    // sparsely: a long match missed at one position is still found from a later probe inside it
+    // and then recovered by the backward extension below.
+    int64_t misses = 0;
+    for (int64_t step = 1; scan < e; scan += step) {
       uint64_t p;
       len = static_cast<int64_t>(
           sa.LongestMatch(ByteView(w + scan, static_cast<size_t>(e - scan)), &p));
@@ -39,7 +54,14 @@ std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t beg
       if ((len == old_score && len != 0) || len > old_score + static_cast<int64_t>(options.min_gain)) {
         break;
       }
-      if (same_at(scan, last_offset)) --old_score;
+      misses = len < kUsefulMatch ? misses + 1 : 0;
+      step = std::min<int64_t>(1 + (misses >> kMissShift), kMaxStep);
+      step = std::min(step, e - scan);
+      // Drop the positions stepped over from the alignment's score.
+      for (int64_t j = scan; j < scan + step; ++j) {
+        if (j < scored_to && same_at(j, last_offset)) --old_score;
+      }
+      if (scored_to < scan + step) scored_to = scan + step;
     }
     if (len == old_score && scan != e) continue;
 

@@ -1,0 +1,244 @@
+// Tests the deltastream binary end to end: diff/apply/inspect and exit codes = error codes.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include "common/fs.h"
+#include "common/hash.h"
+#include "delta/delta.h"
+#include "support/test_util.h"
+
+#ifndef DS_CLI_PATH
+#error "DS_CLI_PATH must name the deltastream binary"
+#endif
+
+namespace ds {
+namespace {
+
+using testing::ReadFileOrDie;
+using testing::TempDir;
+using testing::WriteFileOrDie;
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+// Runs the binary with |args|; stdout and stderr are captured through files in |dir|.
+RunResult RunCli(const TempDir& dir, const std::vector<std::string>& args) {
+  const std::string out_path = dir.Join(".stdout"), err_path = dir.Join(".stderr");
+  std::vector<std::string> argv_storage = {DS_CLI_PATH};
+  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_storage) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int out = ::open(out_path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
+    const int err = ::open(err_path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
+    const int null_in = ::open("/dev/null", O_RDONLY);
+    if (out < 0 || err < 0 || null_in < 0) ::_exit(125);
+    ::dup2(null_in, 0);
+    ::dup2(out, 1);
+    ::dup2(err, 2);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  RunResult r;
+  int status = 0;
+  EXPECT_GT(pid, 0);
+  EXPECT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status)) << "the CLI must exit, not die by a signal";
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  const Bytes out = ReadFileOrDie(out_path), err = ReadFileOrDie(err_path);
+  r.out.assign(out.begin(), out.end());
+  r.err.assign(err.begin(), err.end());
+  ::unlink(out_path.c_str());
+  ::unlink(err_path.c_str());
+  return r;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    old_ = testing::TextBytes(200 << 10, 1);
+    new_ = old_;
+    const Bytes ins = testing::RandomBytes(3000, 2);
+    new_.insert(new_.begin() + 50000, ins.begin(), ins.end());
+    for (size_t i = 0; i < new_.size(); i += 9973) new_[i] ^= 0x20;
+    WriteFileOrDie(old_path_, old_);
+    WriteFileOrDie(new_path_, new_);
+  }
+
+  RunResult Run(const std::vector<std::string>& args) { return RunCli(dir_, args); }
+
+  RunResult Diff(const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {"diff",    old_path_, new_path_,     "-o", patch_path_,
+                                     "--level", "3",       "--ref-level", "3"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return Run(args);
+  }
+
+  TempDir dir_;
+  std::string old_path_ = dir_.Join("old.bin");
+  std::string new_path_ = dir_.Join("new.bin");
+  std::string patch_path_ = dir_.Join("p.dspf");
+  std::string out_path_ = dir_.Join("out.bin");
+  Bytes old_, new_;
+};
+
+TEST_F(CliTest, DiffApplyRoundTrip) {
+  RunResult d = Diff();
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  RunResult a = Run({"apply", old_path_, patch_path_, "-o", out_path_});
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_TRUE(ReadFileOrDie(out_path_) == new_);
+  EXPECT_TRUE(a.err.empty()) << a.err;
+}
+
+TEST_F(CliTest, DiffOptionsAndVerboseOutput) {
+  RunResult d = Diff({"--segment-size", "16384", "--threads", "1", "--no-zstd-ref", "-v"});
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  Result<Bytes> patch = ReadFile(patch_path_);
+  ASSERT_TRUE(patch.ok());
+  EXPECT_NE(d.out.find(std::to_string(patch->size())), std::string::npos)
+      << "verbose output names the patch size: " << d.out;
+  Result<delta::PatchInfo> info = delta::InspectPatch(*patch);
+  ASSERT_TRUE(info.ok());
+  EXPECT_LE(info->header.max_segment_output, 16384u);
+  EXPECT_GE(info->segments.size(), new_.size() / 16384);
+  EXPECT_EQ(testing::CountMethods(*patch).ref, 0u) << "--no-zstd-ref";
+  RunResult a = Run({"apply", "-v", old_path_, patch_path_, "-o", out_path_});
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_NE(a.out.find("SHA-256 verified"), std::string::npos) << a.out;
+  EXPECT_TRUE(ReadFileOrDie(out_path_) == new_);
+}
+
+TEST_F(CliTest, InspectDescribesPatch) {
+  ASSERT_EQ(Diff({"--segment-size", "65536"}).exit_code, 0);
+  RunResult i = Run({"inspect", patch_path_});
+  ASSERT_EQ(i.exit_code, 0) << i.err;
+  Result<Bytes> patch = ReadFile(patch_path_);
+  ASSERT_TRUE(patch.ok());
+  Result<delta::PatchInfo> info = delta::InspectPatch(*patch);
+  ASSERT_TRUE(info.ok());
+  // The text agrees with the library's view of the patch.
+  EXPECT_NE(i.out.find("DSPF 1.0"), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find(std::to_string(new_.size())), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find(ToHex(info->header.new_sha256)), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find(ToHex(info->header.old_sha256)), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find("segments    " + std::to_string(info->segments.size())), std::string::npos)
+      << i.out;
+  for (const delta::SegmentInfo& s : info->segments) {
+    EXPECT_NE(i.out.find(delta::MethodName(s.header.method)), std::string::npos) << i.out;
+  }
+}
+
+TEST_F(CliTest, ApplyWrongBaseExits26) {
+  ASSERT_EQ(Diff().exit_code, 0);
+  WriteFileOrDie(out_path_, testing::ToBytes("keep"));
+  RunResult a = Run({"apply", new_path_, patch_path_, "-o", out_path_});
+  EXPECT_EQ(a.exit_code, 26) << a.err;
+  EXPECT_NE(a.err.find("patch_wrong_base (26)"), std::string::npos) << a.err;
+  EXPECT_TRUE(ReadFileOrDie(out_path_) == testing::ToBytes("keep"));
+}
+
+TEST_F(CliTest, ApplyMissingOldExits3) {
+  ASSERT_EQ(Diff().exit_code, 0);
+  RunResult a = Run({"apply", dir_.Join("missing"), patch_path_, "-o", out_path_});
+  EXPECT_EQ(a.exit_code, 3) << a.err;
+  EXPECT_NE(a.err.find("not_found"), std::string::npos) << a.err;
+}
+
+TEST_F(CliTest, ApplyMissingPatchExits3) {
+  EXPECT_EQ(Run({"apply", old_path_, dir_.Join("missing"), "-o", out_path_}).exit_code, 3);
+}
+
+TEST_F(CliTest, DiffMissingInputExits3) {
+  EXPECT_EQ(Run({"diff", dir_.Join("missing"), new_path_, "-o", patch_path_}).exit_code, 3);
+  EXPECT_EQ(Run({"diff", old_path_, dir_.Join("missing"), "-o", patch_path_}).exit_code, 3);
+}
+
+TEST_F(CliTest, InspectMissingPatchExits3) {
+  EXPECT_EQ(Run({"inspect", dir_.Join("missing")}).exit_code, 3);
+}
+
+TEST_F(CliTest, ApplyCorruptedPatchExits23) {
+  ASSERT_EQ(Diff().exit_code, 0);
+  Bytes patch = ReadFileOrDie(patch_path_);
+  patch[patch.size() - 2] ^= 1;
+  WriteFileOrDie(patch_path_, patch);
+  EXPECT_EQ(Run({"apply", old_path_, patch_path_, "-o", out_path_}).exit_code, 23);
+  EXPECT_EQ(Run({"inspect", patch_path_}).exit_code, 23);
+}
+
+TEST_F(CliTest, ApplyTruncatedPatchExits22) {
+  ASSERT_EQ(Diff().exit_code, 0);
+  Bytes patch = ReadFileOrDie(patch_path_);
+  patch.resize(patch.size() - 1);
+  WriteFileOrDie(patch_path_, patch);
+  EXPECT_EQ(Run({"apply", old_path_, patch_path_, "-o", out_path_}).exit_code, 22);
+  EXPECT_EQ(Run({"inspect", patch_path_}).exit_code, 22);
+}
+
+TEST_F(CliTest, ApplyNotAPatchExits20) {
+  EXPECT_EQ(Run({"apply", old_path_, new_path_, "-o", out_path_}).exit_code, 20);
+  EXPECT_EQ(Run({"inspect", old_path_}).exit_code, 20);
+}
+
+TEST_F(CliTest, ApplyPatchWithTrailingDataExits30) {
+  ASSERT_EQ(Diff().exit_code, 0);
+  Bytes patch = ReadFileOrDie(patch_path_);
+  patch.push_back(0);
+  WriteFileOrDie(patch_path_, patch);
+  EXPECT_EQ(Run({"apply", old_path_, patch_path_, "-o", out_path_}).exit_code, 30);
+}
+
+TEST_F(CliTest, NoSubcommandExits1) {
+  RunResult r = Run({});
+  EXPECT_EQ(r.exit_code, 1);
+}
+
+TEST_F(CliTest, UnknownSubcommandExits1) { EXPECT_EQ(Run({"frobnicate"}).exit_code, 1); }
+
+TEST_F(CliTest, MissingRequiredArgumentExits1) {
+  EXPECT_EQ(Run({"diff", old_path_, new_path_}).exit_code, 1) << "no -o";
+  EXPECT_EQ(Run({"apply", old_path_}).exit_code, 1);
+  EXPECT_EQ(Run({"inspect"}).exit_code, 1);
+}
+
+TEST_F(CliTest, UnknownOptionExits1) {
+  EXPECT_EQ(Run({"apply", old_path_, patch_path_, "-o", out_path_, "--bogus"}).exit_code, 1);
+}
+
+TEST_F(CliTest, NonNumericOptionExits1) { EXPECT_EQ(Diff({"--level", "high"}).exit_code, 1); }
+
+TEST_F(CliTest, OutOfRangeLevelExits1) {
+  EXPECT_EQ(Diff({"--level", "23"}).exit_code, 1);
+  EXPECT_EQ(Diff({"--segment-size", "0"}).exit_code, 1);
+}
+
+TEST_F(CliTest, HelpExits0) {
+  RunResult r = Run({"--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE((r.out + r.err).find("diff"), std::string::npos);
+}
+
+TEST_F(CliTest, InPlaceApplyKeepsMode) {
+  ASSERT_EQ(Diff().exit_code, 0);
+  ASSERT_EQ(::chmod(old_path_.c_str(), 0755), 0);
+  RunResult a = Run({"apply", old_path_, patch_path_, "-o", old_path_});
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_TRUE(ReadFileOrDie(old_path_) == new_);
+  struct stat st;
+  ASSERT_EQ(::stat(old_path_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0755u);
+}
+
+}  // namespace
+}  // namespace ds
