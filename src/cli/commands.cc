@@ -34,8 +34,8 @@ Status RunDiff(const DiffArgs& args) {
                 m ? 100.0 * static_cast<double>(patch.size()) / static_cast<double>(m) : 0.0);
     std::printf("segments %" PRIu64 " (copydiff %" PRIu64 ", ref %" PRIu64 ", stored %" PRIu64
                 "), copy ops %" PRIu64 "\n",
-                stats.segments, stats.copydiff_segments, stats.ref_segments,
-                stats.stored_segments, stats.copy_ops);
+                stats.segments, stats.copydiff_segments, stats.ref_segments, stats.stored_segments,
+                stats.copy_ops);
     if (stats.unmatched_fraction >= 0) {
       std::printf("sampled new pieces not in old: %.1f%%\n", 100 * stats.unmatched_fraction);
     }
@@ -79,12 +79,13 @@ Status RunInspect(const InspectArgs& args) {
       const char* names[3] = {"ctrl", "diff", "lit"};
       for (int k = 0; k < 3; ++k) {
         detail += std::string(k ? ", " : "") + names[k] + " " + std::to_string(s.stream_raw[k]) +
-                  "->" + std::to_string(s.stream_encoded[k]);
+                  "->" + std::to_string(s.stream_encoded[k]) + " " +
+                  delta::StreamCodecName(s.stream_codec[k]);
       }
     } else if (s.header.method == delta::Method::kZstdRef ||
                s.header.method == delta::Method::kLzmaRef) {
-      detail = "ref old[" + std::to_string(s.ref_offset) + ", +" + std::to_string(s.ref_length) +
-               ")";
+      detail =
+          "ref old[" + std::to_string(s.ref_offset) + ", +" + std::to_string(s.ref_length) + ")";
     }
     std::printf("%5zu %12" PRIu64 " %10" PRIu64 " %-9s %10" PRIu64 "  %s\n", i + 1,
                 s.header.new_offset, s.header.new_length, delta::MethodName(s.header.method),

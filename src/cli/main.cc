@@ -2,7 +2,6 @@
 //
 // Exit codes are ds::ErrorCode values: 0 on success, the error's stable number otherwise.
 #include <CLI/CLI.hpp>
-
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -24,8 +23,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   d->add_option("--ref-level", diff.options.ref_level, "zstd level for reference segments (1-22)")
       ->capture_default_str();
-  d->add_option("--segment-size", diff.options.segment_size, "New bytes per segment")
-      ->capture_default_str();
+  auto* seg_opt = d->add_option("--segment-size", diff.options.segment_size,
+                                "New bytes per segment (given: never one whole-file segment)")
+                      ->capture_default_str();
   d->add_option("--threads", diff.options.threads, "Worker threads (0 = one per core)")
       ->capture_default_str();
   d->add_flag("--no-zstd-ref", diff.no_zstd_ref, "Do not try zstd reference segments");
@@ -48,7 +48,11 @@ int main(int argc, char** argv) {
   }
 
   ds::Status status;
-  if (d->parsed()) status = ds::cli::RunDiff(diff);
+  if (d->parsed()) {
+    // An explicit segment size is a request for that resume/verify granularity.
+    if (seg_opt->count() > 0) diff.options.whole_file_limit = 0;
+    status = ds::cli::RunDiff(diff);
+  }
   if (a->parsed()) status = ds::cli::RunApply(apply);
   if (i->parsed()) status = ds::cli::RunInspect(inspect);
   if (!status.ok()) {

@@ -2,7 +2,8 @@
 //
 // A cursor over a borrowed ByteView. Every Read* returns false on a short or malformed read and
 // then leaves the cursor where it was, so a caller can tell "need more bytes" from success.
-// Integers are little-endian; varints are LEB128 (at most 10 bytes, canonical 64-bit values).
+// Integers are little-endian; varints are LEB128 (at most 10 bytes, values below 2^64; an
+// over-long encoding such as 80 00 is accepted as the value it spells).
 //
 // Thread-safety: none; a reader is used by one thread.
 #ifndef DELTASTREAM_COMMON_BYTE_READER_H_

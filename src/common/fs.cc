@@ -85,8 +85,8 @@ Status RandomAccessFile::ReadAt(uint64_t offset, std::span<uint8_t> out) const {
   }
   size_t done = 0;
   while (done < out.size()) {
-    const ssize_t r = ::pread(fd_, out.data() + done, out.size() - done,
-                              static_cast<off_t>(offset + done));
+    const ssize_t r =
+        ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
     if (r < 0) {
       if (errno == EINTR) continue;
       return ErrnoStatus("read " + path_, errno);

@@ -7,26 +7,46 @@ namespace ds {
 
 std::string_view ErrorCodeName(ErrorCode code) {
   switch (code) {
-    case ErrorCode::kOk: return "ok";
-    case ErrorCode::kInvalidArgument: return "invalid_argument";
-    case ErrorCode::kIoError: return "io_error";
-    case ErrorCode::kNotFound: return "not_found";
-    case ErrorCode::kNoSpace: return "no_space";
-    case ErrorCode::kInternal: return "internal";
-    case ErrorCode::kResourceLimit: return "resource_limit";
-    case ErrorCode::kUnsupported: return "unsupported";
-    case ErrorCode::kPatchBadMagic: return "patch_bad_magic";
-    case ErrorCode::kPatchVersion: return "patch_version";
-    case ErrorCode::kPatchTruncated: return "patch_truncated";
-    case ErrorCode::kPatchChecksum: return "patch_checksum";
-    case ErrorCode::kPatchMalformed: return "patch_malformed";
-    case ErrorCode::kPatchSegmentOrder: return "patch_segment_order";
-    case ErrorCode::kPatchWrongBase: return "patch_wrong_base";
-    case ErrorCode::kPatchResultMismatch: return "patch_result_mismatch";
-    case ErrorCode::kPatchUnknownMethod: return "patch_unknown_method";
-    case ErrorCode::kPatchDecompress: return "patch_decompress";
-    case ErrorCode::kPatchTrailingData: return "patch_trailing_data";
-    case ErrorCode::kPatchOutputMismatch: return "patch_output_mismatch";
+    case ErrorCode::kOk:
+      return "ok";
+    case ErrorCode::kInvalidArgument:
+      return "invalid_argument";
+    case ErrorCode::kIoError:
+      return "io_error";
+    case ErrorCode::kNotFound:
+      return "not_found";
+    case ErrorCode::kNoSpace:
+      return "no_space";
+    case ErrorCode::kInternal:
+      return "internal";
+    case ErrorCode::kResourceLimit:
+      return "resource_limit";
+    case ErrorCode::kUnsupported:
+      return "unsupported";
+    case ErrorCode::kPatchBadMagic:
+      return "patch_bad_magic";
+    case ErrorCode::kPatchVersion:
+      return "patch_version";
+    case ErrorCode::kPatchTruncated:
+      return "patch_truncated";
+    case ErrorCode::kPatchChecksum:
+      return "patch_checksum";
+    case ErrorCode::kPatchMalformed:
+      return "patch_malformed";
+    case ErrorCode::kPatchSegmentOrder:
+      return "patch_segment_order";
+    case ErrorCode::kPatchWrongBase:
+      return "patch_wrong_base";
+    case ErrorCode::kPatchResultMismatch:
+      return "patch_result_mismatch";
+    case ErrorCode::kPatchUnknownMethod:
+      return "patch_unknown_method";
+    case ErrorCode::kPatchDecompress:
+      return "patch_decompress";
+    case ErrorCode::kPatchTrailingData:
+      return "patch_trailing_data";
+    case ErrorCode::kPatchOutputMismatch:
+      return "patch_output_mismatch";
   }
   return "unknown";
 }

@@ -31,18 +31,18 @@ enum class ErrorCode : uint16_t {
   kResourceLimit = 6,    // A declared size exceeds the configured memory or size limits.
   kUnsupported = 7,      // A valid request this build cannot serve.
   // Patch format (20-49).
-  kPatchBadMagic = 20,          // Not a deltastream patch (nor another known delta format).
-  kPatchVersion = 21,           // Format major version this build cannot read.
-  kPatchTruncated = 22,         // The patch ended before its last segment.
-  kPatchChecksum = 23,          // A header or segment checksum does not match.
-  kPatchMalformed = 24,         // A field is out of range or inconsistent.
-  kPatchSegmentOrder = 25,      // Segments overlap, leave a gap, or exceed the new size.
-  kPatchWrongBase = 26,         // The old file is not the one the patch was made against.
-  kPatchResultMismatch = 27,    // The rebuilt file's size or SHA-256 differs from the header.
-  kPatchUnknownMethod = 28,     // A segment method or transform this build does not know.
-  kPatchDecompress = 29,        // A compressed stream failed to decode.
-  kPatchTrailingData = 30,      // Bytes after the last segment.
-  kPatchOutputMismatch = 31,    // A segment's rebuilt bytes fail their checksum.
+  kPatchBadMagic = 20,        // Not a deltastream patch (nor another known delta format).
+  kPatchVersion = 21,         // Format major version this build cannot read.
+  kPatchTruncated = 22,       // The patch ended before its last segment.
+  kPatchChecksum = 23,        // A header or segment checksum does not match.
+  kPatchMalformed = 24,       // A field is out of range or inconsistent.
+  kPatchSegmentOrder = 25,    // Segments overlap, leave a gap, or exceed the new size.
+  kPatchWrongBase = 26,       // The old file is not the one the patch was made against.
+  kPatchResultMismatch = 27,  // The rebuilt file's size or SHA-256 differs from the header.
+  kPatchUnknownMethod = 28,   // A segment method or transform this build does not know.
+  kPatchDecompress = 29,      // A compressed stream failed to decode.
+  kPatchTrailingData = 30,    // Bytes after the last segment.
+  kPatchOutputMismatch = 31,  // A segment's rebuilt bytes fail their checksum.
 };
 
 // Short stable name of a code, e.g. "patch_checksum".
@@ -70,7 +70,9 @@ class [[nodiscard]] Status {
   std::string message_;
 };
 
-inline Status Error(ErrorCode code, std::string message) { return Status(code, std::move(message)); }
+inline Status Error(ErrorCode code, std::string message) {
+  return Status(code, std::move(message));
+}
 
 // Builds a Status from errno after a failed system call on |what| (kNoSpace for ENOSPC etc.).
 Status ErrnoStatus(std::string_view what, int err);
@@ -79,7 +81,7 @@ Status ErrnoStatus(std::string_view what, int err);
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design.
+  Result(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design.
   Result(Status status) : v_(std::move(status)) {  // NOLINT: implicit by design.
     if (std::get<Status>(v_).ok()) v_ = Status(ErrorCode::kInternal, "Result built from OK status");
   }
@@ -107,10 +109,10 @@ class [[nodiscard]] Result {
 #define DS_CONCAT_(a, b) DS_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function if |expr| (a Status) is not OK.
-#define DS_RETURN_IF_ERROR(expr)               \
-  do {                                         \
-    ::ds::Status ds_status_ = (expr);          \
-    if (!ds_status_.ok()) return ds_status_;   \
+#define DS_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::ds::Status ds_status_ = (expr);        \
+    if (!ds_status_.ok()) return ds_status_; \
   } while (0)
 
 // Evaluates |rexpr| (a Result<T>); on error returns its status, else moves the value into |lhs|.

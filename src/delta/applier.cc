@@ -101,8 +101,8 @@ Status DecodeLzma2(ByteView src, std::span<uint8_t> out) {
   const lzma_ret rc = lzma_raw_buffer_decode(filters, nullptr, src.data(), &in_pos, src.size(),
                                              out.data(), &out_pos, out.size());
   if (rc != LZMA_OK && rc != LZMA_STREAM_END) {
-    return Error(ErrorCode::kPatchDecompress, "lzma2 stream is corrupt (" +
-                                                  std::to_string(static_cast<int>(rc)) + ")");
+    return Error(ErrorCode::kPatchDecompress,
+                 "lzma2 stream is corrupt (" + std::to_string(static_cast<int>(rc)) + ")");
   }
   if (in_pos != src.size() || out_pos != out.size()) {
     return Error(ErrorCode::kPatchDecompress, "lzma2 stream decoded to the wrong length");
@@ -188,9 +188,9 @@ class PatchApplier::Impl {
       switch (state_) {
         case State::kFileHeader:
         case State::kSegmentHeader: {
-          const size_t limit = (state_ == State::kFileHeader ? kFileHeaderPrefixLen +
-                                                                   kMaxFileHeaderLen
-                                                             : 10 + kMaxSegmentHeaderLen + 4);
+          const size_t limit =
+              (state_ == State::kFileHeader ? kFileHeaderPrefixLen + kMaxFileHeaderLen
+                                            : 10 + kMaxSegmentHeaderLen + 4);
           const size_t before = head_.size();
           const size_t take = std::min(data.size(), limit - before);
           head_.insert(head_.end(), data.begin(), data.begin() + take);
@@ -214,7 +214,8 @@ class PatchApplier::Impl {
           break;
         }
         case State::kPayload: {
-          const size_t take = std::min<uint64_t>(data.size(), seg_.payload_length - payload_.size());
+          const size_t take =
+              std::min<uint64_t>(data.size(), seg_.payload_length - payload_.size());
           payload_.insert(payload_.end(), data.begin(), data.begin() + take);
           data = data.subspan(take);
           if (payload_.size() == seg_.payload_length) DS_RETURN_IF_ERROR(FinishSegment());
@@ -248,7 +249,8 @@ class PatchApplier::Impl {
         h.Update(ByteView(buf.data(), n));
       }
       if (h.Finish() != header_.old_sha256) {
-        return Error(ErrorCode::kPatchWrongBase, "old file's SHA-256 differs from the patch's base");
+        return Error(ErrorCode::kPatchWrongBase,
+                     "old file's SHA-256 differs from the patch's base");
       }
     }
     state_ = header_.segment_count == 0 ? State::kDone : State::kSegmentHeader;
@@ -264,8 +266,8 @@ class PatchApplier::Impl {
                        std::to_string(output_bytes_));
     }
     if (seg_.new_length == 0 || seg_.new_length > header_.max_segment_output) {
-      return Error(ErrorCode::kPatchMalformed, where + " has length " +
-                                                   std::to_string(seg_.new_length));
+      return Error(ErrorCode::kPatchMalformed,
+                   where + " has length " + std::to_string(seg_.new_length));
     }
     uint64_t end;
     if (!CheckedAddU64(seg_.new_offset, seg_.new_length, &end) || end > header_.new_size) {

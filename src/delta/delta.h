@@ -122,13 +122,13 @@ Status ApplyPatchFile(const std::string& old_path, const std::string& patch_path
 struct SegmentInfo {
   SegmentHeader header;
   uint64_t patch_offset = 0;  // Where the segment starts in the patch.
-  // kZstdRef: the reference window in the old file.
+  // kZstdRef / kLzmaRef: the reference window in the old file.
   uint64_t ref_offset = 0;
   uint64_t ref_length = 0;
   // kCopyDiff: raw and encoded sizes of the control, diff and literal streams.
   uint64_t stream_raw[3] = {0, 0, 0};
   uint64_t stream_encoded[3] = {0, 0, 0};
-  uint64_t copy_ops = 0;
+  StreamCodec stream_codec[3] = {StreamCodec::kStored, StreamCodec::kStored, StreamCodec::kStored};
 };
 
 struct PatchInfo {

@@ -98,8 +98,8 @@ Result<Bytes> Lzma2Compress(ByteView src, uint32_t preset, uint32_t nice_len) {
   const lzma_ret rc = lzma_raw_buffer_encode(filters, nullptr, src.data(), src.size(), out.data(),
                                              &out_pos, out.size());
   if (rc != LZMA_OK) {
-    return Error(ErrorCode::kInternal, "lzma2 encoder failed (" +
-                                           std::to_string(static_cast<int>(rc)) + ")");
+    return Error(ErrorCode::kInternal,
+                 "lzma2 encoder failed (" + std::to_string(static_cast<int>(rc)) + ")");
   }
   out.resize(out_pos);
   return out;
@@ -123,6 +123,9 @@ Result<Bytes> Lzma2RefCompress(ByteView src, ByteView ref) {
   return out;
 }
 
+// Streams up to this size get every coder whatever the fast probe says.
+constexpr size_t kSmallStream = 4096;
+
 // Streams up to this size are also tried with zstd (cheap at that size).
 constexpr size_t kZstdTrialLimit = 1 << 20;
 
@@ -142,8 +145,7 @@ EncodedSegment Stored(ByteView neu, uint64_t begin, uint64_t end) {
 }
 
 Result<EncodedSegment> EncodeCopyDiff(ByteView old, ByteView neu, uint64_t begin,
-                                      const std::vector<CopyOp>& ops, int level,
-                                      Compressor* comp) {
+                                      const std::vector<CopyOp>& ops, int level, Compressor* comp) {
   Bytes streams[3];
   ByteWriter ctrl(&streams[kControlStream]);
   Bytes& diff = streams[kDiffStream];
@@ -173,18 +175,24 @@ Result<EncodedSegment> EncodeCopyDiff(ByteView old, ByteView neu, uint64_t begin
     layout.raw_len[i] = streams[i].size();
     layout.encoded[i] = streams[i];
     if (streams[i].empty()) continue;
-    // A fast zstd pass first: a stream it cannot shrink at all is stored, skipping the slow coders.
+    // A fast zstd pass first: a large stream it cannot shrink at all is stored, skipping the slow
+    // coders (small streams are cheap to try, and there zstd's frame overhead misleads).
     Result<Bytes> probe = comp->Compress(streams[i], 3);
     if (!probe.ok()) return probe.status();
-    if (probe->size() >= streams[i].size()) continue;
-    encoded[i] = std::move(probe).value();
-    layout.codec[i] = StreamCodec::kZstd;
-    layout.encoded[i] = encoded[i];
-    // Nearly all one value (e.g. the diff of an unchanged region): nothing left to gain.
-    if (encoded[i].size() * 1024 < streams[i].size()) continue;
-    const bool dense = encoded[i].size() * 10 > streams[i].size() * 9;
+    if (probe->size() >= streams[i].size() && streams[i].size() > kSmallStream) continue;
+    if (probe->size() < streams[i].size()) {
+      encoded[i] = std::move(probe).value();
+      layout.codec[i] = StreamCodec::kZstd;
+      layout.encoded[i] = encoded[i];
+    }
+    // Nearly all one value (e.g. the diff of an unchanged region): little left to gain, and long
+    // runs make LZMA's longest matches slow, so only a short-match pass, if anything.
+    const bool sparse = layout.encoded[i].size() * 1024 < streams[i].size();
+    if (sparse && layout.encoded[i].size() <= 64) continue;
+    const bool dense =
+        layout.encoded[i].size() * 10 > streams[i].size() * 9 && streams[i].size() > kSmallStream;
     Result<Bytes> lz = dense ? Lzma2Compress(streams[i], 2, 0)
-                             : Lzma2Compress(streams[i], 9, i == kDiffStream ? 273 : 32);
+                             : Lzma2Compress(streams[i], 9, i == kDiffStream && !sparse ? 273 : 32);
     if (!lz.ok()) return lz.status();
     if (lz->size() < layout.encoded[i].size()) {
       encoded[i] = std::move(lz).value();
@@ -251,11 +259,18 @@ uint64_t ChooseRefWindow(const std::vector<CopyOp>& ops, uint64_t old_size, uint
   return std::min(start, old_size - width);
 }
 
+// Estimated compressed bytes per literal byte, for pruning copies that do not pay.
+constexpr double kTextLiteralCost = 1.0;
+constexpr double kBinaryLiteralCost = 0.5;
+
+// Multi-segment patches smaller than this are also tried as one copydiff segment.
+constexpr uint64_t kWholeCopyDiffTrial = 64 << 10;
+
 // Files up to this size always get the whole-file reference trials.
 constexpr uint64_t kAlwaysTryRefSize = 1 << 20;
 // Larger files get the LZMA2 whole-file trial when more sampled pieces than kRefTrialUnmatched
-// are new, but not above kRefTrialUnrelated, where nearly nothing is shared (compressed or
-// unrelated data) and it cannot win.
+// are new; above kRefTrialUnrelated nearly nothing is shared (compressed or unrelated data) and
+// the cheaper zstd trial is as good.
 constexpr double kRefTrialUnmatched = 0.70;
 constexpr double kRefTrialUnrelated = 0.90;
 
@@ -344,17 +359,20 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
   // lot; they are tried on text-like files, on files where many sampled pieces are not found in
   // the old file, and on files small enough for them to be cheap. They run as extra tasks beside
   // the segment tasks so that both cores stay busy.
+  const bool text = LooksLikeText(neu);
   std::vector<int> ref_levels;  // 0 = LZMA2, else a zstd level.
   if (options.try_zstd_ref && small && m > 0 && n > 0 && n <= options.max_ref_window) {
     st.unmatched_fraction = UnmatchedFraction(sa, neu);
     if (m <= kAlwaysTryRefSize) {
       ref_levels = {0, options.ref_level};
-    } else if ((st.unmatched_fraction > kRefTrialUnmatched &&
-                st.unmatched_fraction <= kRefTrialUnrelated) ||
-               LooksLikeText(neu)) {
+    } else if (st.unmatched_fraction > kRefTrialUnrelated) {
+      ref_levels = {std::min(options.ref_level, 19)};
+    } else if (st.unmatched_fraction > kRefTrialUnmatched || text) {
       ref_levels = {0};
     }
   }
+
+  const double literal_cost = text ? kTextLiteralCost : kBinaryLiteralCost;
 
   // One task per whole-file candidate, then one per segment: match (against the whole old file),
   // then keep the smaller of copydiff and stored; on large text-like segments also try zstd with
@@ -363,18 +381,23 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
   plan.segments.resize(seg_count);
   std::vector<std::optional<EncodedSegment>> whole(ref_levels.size());
   std::vector<Status> errors(ref_levels.size() + seg_count);
+  std::vector<std::vector<CopyOp>> seg_ops(seg_count);
   const auto t_match = Clock::now();
   ParallelFor(threads, ref_levels.size() + seg_count, [&](int worker, size_t task) {
     Compressor* comp = comps[worker].get();
     if (task < ref_levels.size()) {
       auto r = EncodeRef(old, neu, 0, m, 0, n, ref_levels[task], comp);
-      if (r.ok()) whole[task] = std::move(r).value();
-      else errors[task] = r.status();
+      if (r.ok())
+        whole[task] = std::move(r).value();
+      else
+        errors[task] = r.status();
       return;
     }
     const size_t i = task - ref_levels.size();
     const uint64_t begin = i * seg_size, end = std::min(m, begin + seg_size);
-    const std::vector<CopyOp> ops = MatchRange(sa, neu, begin, end);
+    seg_ops[i] = MatchRange(sa, neu, begin, end);
+    PruneCopies(&seg_ops[i], begin, literal_cost);
+    const std::vector<CopyOp>& ops = seg_ops[i];
     EncodedSegment best = Stored(neu, begin, end);
     auto cd = EncodeCopyDiff(old, neu, begin, ops, options.stream_level, comp);
     if (!cd.ok()) {
@@ -399,6 +422,15 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
   });
   for (const Status& s : errors) DS_RETURN_IF_ERROR(s);
   st.match_seconds = SecondsSince(t_match);
+  // A small patch of a multi-segment file: the segments' framing is a visible share of it, so
+  // also try all the copies as one segment (cheap: its streams are mostly zeros).
+  if (small && seg_count > 1 && plan.size() < kWholeCopyDiffTrial) {
+    std::vector<CopyOp> all_ops;
+    for (const auto& ops : seg_ops) all_ops.insert(all_ops.end(), ops.begin(), ops.end());
+    auto cd = EncodeCopyDiff(old, neu, 0, all_ops, options.stream_level, comps[0].get());
+    if (!cd.ok()) return cd.status();
+    whole.push_back(std::move(cd).value());
+  }
   for (auto& c : whole) {
     if (c.has_value() && c->encoded_size() < plan.size()) {
       Plan single;
@@ -421,10 +453,16 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
     header.max_ref_window = std::max(header.max_ref_window, seg.ref_length);
     st.copy_ops += seg.copy_ops;
     switch (seg.header.method) {
-      case Method::kStored: ++st.stored_segments; break;
-      case Method::kCopyDiff: ++st.copydiff_segments; break;
+      case Method::kStored:
+        ++st.stored_segments;
+        break;
+      case Method::kCopyDiff:
+        ++st.copydiff_segments;
+        break;
       case Method::kZstdRef:
-      case Method::kLzmaRef: ++st.ref_segments; break;
+      case Method::kLzmaRef:
+        ++st.ref_segments;
+        break;
     }
   }
   header.segment_count = plan.segments.size();

@@ -18,8 +18,8 @@ Result<PatchInfo> InspectPatch(ByteView patch) {
     SegmentInfo seg;
     seg.patch_offset = pos;
     uint32_t crc_state, stored_crc;
-    DS_RETURN_IF_ERROR(ParseSegmentHeader(patch.subspan(pos), &seg.header, &consumed, &crc_state,
-                                          &stored_crc));
+    DS_RETURN_IF_ERROR(
+        ParseSegmentHeader(patch.subspan(pos), &seg.header, &consumed, &crc_state, &stored_crc));
     if (consumed == 0) return Error(ErrorCode::kPatchTruncated, where + " header truncated");
     pos += consumed;
     const SegmentHeader& h = seg.header;
@@ -47,6 +47,7 @@ Result<PatchInfo> InspectPatch(ByteView patch) {
       for (int s = 0; s < 3; ++s) {
         seg.stream_raw[s] = layout.raw_len[s];
         seg.stream_encoded[s] = layout.encoded[s].size();
+        seg.stream_codec[s] = layout.codec[s];
       }
     } else if (h.method == Method::kZstdRef || h.method == Method::kLzmaRef) {
       ZstdRefLayout layout;

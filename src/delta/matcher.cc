@@ -51,7 +51,8 @@ std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t beg
       for (; scored_to < scan + len; ++scored_to) old_score += same_at(scored_to, last_offset);
       // Take the new match when the current alignment explains it no worse (a continuation), or
       // when it beats the alignment clearly.
-      if ((len == old_score && len != 0) || len > old_score + static_cast<int64_t>(options.min_gain)) {
+      if ((len == old_score && len != 0) ||
+          len > old_score + static_cast<int64_t>(options.min_gain)) {
         break;
       }
       misses = len < kUsefulMatch ? misses + 1 : 0;
@@ -117,6 +118,41 @@ std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t beg
     last_offset = pos - scan;
   }
   return ops;
+}
+
+void PruneCopies(std::vector<CopyOp>* ops, uint64_t begin, double literal_cost) {
+  auto varint_size = [](int64_t v) {
+    uint64_t z = (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63);
+    int n = 1;
+    while (z >= 0x80) {
+      z >>= 7;
+      ++n;
+    }
+    return n;
+  };
+  std::vector<CopyOp> out;
+  out.reserve(ops->size());
+  uint64_t new_pos = begin;
+  int64_t offset = 0;  // old_pos - new_pos of the alignment in force.
+  bool have_alignment = false;
+  for (const CopyOp& op : *ops) {
+    const int64_t op_offset = static_cast<int64_t>(op.old_pos) - static_cast<int64_t>(new_pos);
+    if (op.copy_len > 0 && have_alignment && op_offset != offset && !out.empty()) {
+      const double jump_cost = 2.0 * varint_size(op_offset - offset) + 2;
+      if (static_cast<double>(op.copy_len) * literal_cost < jump_cost) {
+        out.back().lit_len += op.copy_len + op.lit_len;
+        new_pos += op.copy_len + op.lit_len;
+        continue;
+      }
+    }
+    if (op.copy_len > 0) {
+      offset = op_offset;
+      have_alignment = true;
+    }
+    out.push_back(op);
+    new_pos += op.copy_len + op.lit_len;
+  }
+  *ops = std::move(out);
 }
 
 }  // namespace ds::delta

@@ -33,6 +33,12 @@ struct MatchOptions {
 std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t begin, uint64_t end,
                                const MatchOptions& options = {});
 
+// Drops copies that cost more than they save: a short copy that jumps away from the alignment
+// in force costs two far offsets in the control stream, which can exceed what its bytes would
+// cost as literals (|literal_cost| compressed bytes per literal byte: ~0.3 for text, ~0.7 for
+// machine code). Such copies become literals of the operation before them.
+void PruneCopies(std::vector<CopyOp>* ops, uint64_t begin, double literal_cost);
+
 }  // namespace ds::delta
 
 #endif  // DELTASTREAM_DELTA_MATCHER_H_

@@ -11,10 +11,26 @@ namespace ds::delta {
 
 const char* MethodName(Method m) {
   switch (m) {
-    case Method::kStored: return "stored";
-    case Method::kCopyDiff: return "copydiff";
-    case Method::kZstdRef: return "zstdref";
-    case Method::kLzmaRef: return "lzmaref";
+    case Method::kStored:
+      return "stored";
+    case Method::kCopyDiff:
+      return "copydiff";
+    case Method::kZstdRef:
+      return "zstdref";
+    case Method::kLzmaRef:
+      return "lzmaref";
+  }
+  return "unknown";
+}
+
+const char* StreamCodecName(StreamCodec c) {
+  switch (c) {
+    case StreamCodec::kStored:
+      return "stored";
+    case StreamCodec::kZstd:
+      return "zstd";
+    case StreamCodec::kLzma2:
+      return "lzma2";
   }
   return "unknown";
 }
@@ -119,8 +135,7 @@ Status ValidateFileHeader(const FileHeader& h) {
     return Error(ErrorCode::kPatchMalformed, "max segment output exceeds result size");
   }
   // Every segment is at most max_segment_output long, so the count must be enough to cover.
-  if (h.max_segment_output > 0 &&
-      (h.new_size - 1) / h.max_segment_output + 1 > h.segment_count) {
+  if (h.max_segment_output > 0 && (h.new_size - 1) / h.max_segment_output + 1 > h.segment_count) {
     return Error(ErrorCode::kPatchMalformed, "segments cannot cover the result size");
   }
   if (h.max_ref_window > h.old_size) {
@@ -170,13 +185,14 @@ Status ParseSegmentHeader(ByteView buf, SegmentHeader* s, size_t* consumed, uint
   ByteReader fr(fields_view);
   SegmentHeader out;
   uint8_t method, transform;
-  if (!fr.ReadVarint(&out.new_offset) || !fr.ReadVarint(&out.new_length) ||
-      !fr.ReadU8(&method) || !fr.ReadU8(&transform) || !fr.ReadVarint(&out.payload_length) ||
+  if (!fr.ReadVarint(&out.new_offset) || !fr.ReadVarint(&out.new_length) || !fr.ReadU8(&method) ||
+      !fr.ReadU8(&transform) || !fr.ReadVarint(&out.payload_length) ||
       !fr.ReadU32Le(&out.output_crc32c)) {
     return Error(ErrorCode::kPatchMalformed, "segment header fields truncated");
   }
   if (method > static_cast<uint8_t>(Method::kLzmaRef)) {
-    return Error(ErrorCode::kPatchUnknownMethod, "unknown segment method " + std::to_string(method));
+    return Error(ErrorCode::kPatchUnknownMethod,
+                 "unknown segment method " + std::to_string(method));
   }
   if (transform != static_cast<uint8_t>(Transform::kNone)) {
     return Error(ErrorCode::kPatchUnknownMethod,

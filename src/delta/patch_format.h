@@ -107,6 +107,7 @@ enum class StreamCodec : uint8_t {
   kZstd = 1,    // a magicless zstd frame (no checksum, size or dictionary id).
   kLzma2 = 2,   // a raw LZMA2 stream; the decoder's dictionary is raw_len bytes.
 };
+const char* StreamCodecName(StreamCodec c);
 struct CopyDiffLayout {
   StreamCodec codec[3] = {StreamCodec::kStored, StreamCodec::kStored, StreamCodec::kStored};
   uint64_t raw_len[3] = {0, 0, 0};
