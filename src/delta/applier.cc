@@ -361,25 +361,21 @@ class PatchApplier::Impl {
 
     ByteReader cr(ctrl);
     uint64_t out_pos = 0, diff_pos = 0, lit_pos = 0;
-    int64_t old_pos = 0;
     const uint64_t old_size = old_->size();
+    // Where the last two copies ended, in old and in this segment's output (docs/FORMAT.md).
+    CopyAnchor last, before_last;
     while (!cr.empty()) {
-      int64_t delta;
-      uint64_t copy_len, lit_len;
-      if (!cr.ReadSignedVarint(&delta) || !cr.ReadVarint(&copy_len) || !cr.ReadVarint(&lit_len)) {
+      uint64_t where, copy_len, lit_len;
+      if (!cr.ReadVarint(&where) || !cr.ReadVarint(&copy_len) || !cr.ReadVarint(&lit_len)) {
         return Error(ErrorCode::kPatchMalformed, "control stream truncated");
       }
       if (copy_len == 0 && lit_len == 0) {
         return Error(ErrorCode::kPatchMalformed, "empty control entry");
       }
-      if (__builtin_add_overflow(old_pos, delta, &old_pos) || old_pos < 0) {
-        return Error(ErrorCode::kPatchMalformed, "copy offset out of range");
+      if (copy_len == 0 && where != 0) {
+        return Error(ErrorCode::kPatchMalformed, "copy position without a copy");
       }
-      uint64_t old_end, seg_end;
-      if (!CheckedAddU64(static_cast<uint64_t>(old_pos), copy_len, &old_end) ||
-          old_end > old_size) {
-        return Error(ErrorCode::kPatchMalformed, "copy reads past the end of the old file");
-      }
+      uint64_t seg_end;
       if (copy_len > n || lit_len > n || !CheckedAddU64(out_pos, copy_len + lit_len, &seg_end) ||
           seg_end > n) {
         return Error(ErrorCode::kPatchMalformed, "control entry overruns its segment");
@@ -388,13 +384,23 @@ class PatchApplier::Impl {
         return Error(ErrorCode::kPatchMalformed, "control entry overruns a data stream");
       }
       if (copy_len > 0) {
+        const int64_t base = ResolveCopyBase(where, last, before_last, out_pos);
+        const int64_t delta = DecodeCopyDelta(where);
+        int64_t old_pos;
+        uint64_t old_end;
+        if (__builtin_add_overflow(base, delta, &old_pos) || old_pos < 0 ||
+            !CheckedAddU64(static_cast<uint64_t>(old_pos), copy_len, &old_end) ||
+            old_end > old_size) {
+          return Error(ErrorCode::kPatchMalformed, "copy reads outside the old file");
+        }
         uint8_t* dst = output_.data() + out_pos;
         DS_RETURN_IF_ERROR(old_reader_.Read(old_pos, std::span<uint8_t>(dst, copy_len)));
         const uint8_t* d = diff.data() + diff_pos;
         for (uint64_t i = 0; i < copy_len; ++i) dst[i] = static_cast<uint8_t>(dst[i] + d[i]);
         out_pos += copy_len;
         diff_pos += copy_len;
-        old_pos += static_cast<int64_t>(copy_len);
+        before_last = last;
+        last = CopyAnchor{static_cast<int64_t>(old_end), out_pos};
       }
       if (lit_len > 0) {
         std::memcpy(output_.data() + out_pos, lit.data() + lit_pos, lit_len);

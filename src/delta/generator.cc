@@ -151,10 +151,19 @@ Result<EncodedSegment> EncodeCopyDiff(ByteView old, ByteView neu, uint64_t begin
   Bytes& diff = streams[kDiffStream];
   Bytes& lit = streams[kLiteralStream];
   uint64_t new_pos = begin;
-  int64_t old_cursor = 0;
+  CopyAnchor last, before_last;
   for (const CopyOp& op : ops) {
-    const int64_t delta = op.copy_len ? static_cast<int64_t>(op.old_pos) - old_cursor : 0;
-    ctrl.WriteSignedVarint(delta);
+    uint64_t where = 0;
+    if (op.copy_len) {
+      const uint64_t out_pos = new_pos - begin;
+      const int64_t old_pos = static_cast<int64_t>(op.old_pos);
+      const uint64_t w0 =
+          EncodeCopyWhere(old_pos - ResolveCopyBase(0, last, before_last, out_pos), false);
+      const uint64_t w1 =
+          EncodeCopyWhere(old_pos - ResolveCopyBase(1, last, before_last, out_pos), true);
+      where = w1 < w0 ? w1 : w0;
+    }
+    ctrl.WriteVarint(where);
     ctrl.WriteVarint(op.copy_len);
     ctrl.WriteVarint(op.lit_len);
     if (op.copy_len) {
@@ -163,8 +172,9 @@ Result<EncodedSegment> EncodeCopyDiff(ByteView old, ByteView neu, uint64_t begin
       const uint8_t* o = old.data() + op.old_pos;
       const uint8_t* w = neu.data() + new_pos;
       for (uint64_t i = 0; i < op.copy_len; ++i) diff[d0 + i] = static_cast<uint8_t>(w[i] - o[i]);
-      old_cursor = static_cast<int64_t>(op.old_pos + op.copy_len);
       new_pos += op.copy_len;
+      before_last = last;
+      last = CopyAnchor{static_cast<int64_t>(op.old_pos + op.copy_len), new_pos - begin};
     }
     lit.insert(lit.end(), neu.begin() + new_pos, neu.begin() + new_pos + op.lit_len);
     new_pos += op.lit_len;

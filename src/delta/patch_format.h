@@ -108,6 +108,30 @@ enum class StreamCodec : uint8_t {
   kLzma2 = 2,   // a raw LZMA2 stream; the decoder's dictionary is raw_len bytes.
 };
 const char* StreamCodecName(StreamCodec c);
+
+// Control entries: (varint where, varint copy_len, varint lit_len). |where| locates a copy in the
+// old file relative to one of two bases: bit 0 clear, the end of the last copy; bit 0 set, the
+// end of the copy before it, moved on by the output produced since (to return to an alignment
+// after a short copy from elsewhere). The remaining bits are the zig-zag signed distance from
+// the base. Entries without a copy have where == 0.
+struct CopyAnchor {
+  int64_t old_end = 0;   // Where the copy ended in the old file.
+  uint64_t new_end = 0;  // Where it ended in the segment's output.
+};
+inline uint64_t EncodeCopyWhere(int64_t delta, bool from_before_last) {
+  const uint64_t zz = (static_cast<uint64_t>(delta) << 1) ^ static_cast<uint64_t>(delta >> 63);
+  return (zz << 1) | (from_before_last ? 1 : 0);
+}
+inline int64_t DecodeCopyDelta(uint64_t where) {
+  const uint64_t zz = where >> 1;
+  return static_cast<int64_t>(zz >> 1) ^ -static_cast<int64_t>(zz & 1);
+}
+// REQUIRES: out_pos >= before_last.new_end (anchors come from earlier output).
+inline int64_t ResolveCopyBase(uint64_t where, const CopyAnchor& last,
+                               const CopyAnchor& before_last, uint64_t out_pos) {
+  if ((where & 1) == 0) return last.old_end;
+  return before_last.old_end + static_cast<int64_t>(out_pos - before_last.new_end);
+}
 struct CopyDiffLayout {
   StreamCodec codec[3] = {StreamCodec::kStored, StreamCodec::kStored, StreamCodec::kStored};
   uint64_t raw_len[3] = {0, 0, 0};

@@ -175,7 +175,8 @@ Bytes EncodeControl(const std::vector<ControlEntry>& entries) {
   Bytes out;
   ByteWriter w(&out);
   for (const ControlEntry& e : entries) {
-    w.WriteSignedVarint(e.old_delta);
+    // Relative to the end of the last copy (base 0); entries without a copy carry 0.
+    w.WriteVarint(e.copy_len ? delta::EncodeCopyWhere(e.old_delta, false) : 0);
     w.WriteVarint(e.copy_len);
     w.WriteVarint(e.lit_len);
   }

@@ -89,7 +89,8 @@ RawSegment StoredSegment(ByteView neu, uint64_t offset, uint64_t length);
 RawPatch StoredPatch(ByteView old, ByteView neu, uint64_t segment_size);
 
 // One entry of the copydiff control stream. The encoding below mirrors the applier's current
-// internal layout (zig-zag old-position delta, copy length, literal length, all varints); it is
+// layout (docs/FORMAT.md: position relative to the end of the last copy, copy length, literal
+// length, all varints; old_delta is ignored for entries without a copy); it is
 // the only place in the tests that knows that layout, so update it here if the layout changes.
 struct ControlEntry {
   int64_t old_delta = 0;
