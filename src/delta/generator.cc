@@ -81,17 +81,23 @@ class Compressor {
   ZSTD_CCtx* cctx_;
 };
 
-// A raw LZMA2 stream at preset 9. On diff streams (long zero runs broken by small differences)
-// the longest match length (|nice_len| 273) makes it ~14% smaller than zstd --ultra -22; on
-// control and literal streams a short one is as good and faster.
-// |preset| 9 is for compressible streams; on nearly random ones a fast preset loses almost
-// nothing and saves most of the time.
-Result<Bytes> Lzma2Compress(ByteView src, uint32_t preset, uint32_t nice_len) {
+// LZMA2 at |preset| with match length |nice_len| (0: the preset's). On diff streams (long zero
+// runs broken by small differences) nice_len 273 makes it ~14% smaller than zstd --ultra -22.
+// Preset 9 is for compressible streams; on nearly random ones a fast preset loses almost
+// nothing and saves most of the time. A non-empty |ref| presets the dictionary with it
+// ("patch-from" with LZMA2, method kLzmaRef).
+Result<Bytes> Lzma2Compress(ByteView src, uint32_t preset, uint32_t nice_len, ByteView ref = {}) {
   lzma_options_lzma opt{};
   if (lzma_lzma_preset(&opt, preset)) return Error(ErrorCode::kInternal, "lzma preset");
   if (nice_len) opt.nice_len = nice_len;
-  opt.dict_size = std::max<uint32_t>(
-      LZMA_DICT_SIZE_MIN, static_cast<uint32_t>(std::min<uint64_t>(src.size(), opt.dict_size)));
+  if (ref.empty()) {
+    opt.dict_size = std::max<uint32_t>(
+        LZMA_DICT_SIZE_MIN, static_cast<uint32_t>(std::min<uint64_t>(src.size(), opt.dict_size)));
+  } else {
+    opt.dict_size = static_cast<uint32_t>(LzmaRefDictSize(ref.size(), src.size()));
+    opt.preset_dict = ref.data();
+    opt.preset_dict_size = static_cast<uint32_t>(ref.size());
+  }
   lzma_filter filters[2] = {{LZMA_FILTER_LZMA2, &opt}, {LZMA_VLI_UNKNOWN, nullptr}};
   Bytes out(src.size() + src.size() / 16 + 1024);
   size_t out_pos = 0;
@@ -101,24 +107,6 @@ Result<Bytes> Lzma2Compress(ByteView src, uint32_t preset, uint32_t nice_len) {
     return Error(ErrorCode::kInternal,
                  "lzma2 encoder failed (" + std::to_string(static_cast<int>(rc)) + ")");
   }
-  out.resize(out_pos);
-  return out;
-}
-
-// A raw LZMA2 stream of |src| with |ref| as preset dictionary ("patch-from" with LZMA).
-Result<Bytes> Lzma2RefCompress(ByteView src, ByteView ref) {
-  lzma_options_lzma opt{};
-  if (lzma_lzma_preset(&opt, 9)) return Error(ErrorCode::kInternal, "lzma preset");
-  opt.nice_len = 273;
-  opt.dict_size = static_cast<uint32_t>(LzmaRefDictSize(ref.size(), src.size()));
-  opt.preset_dict = ref.empty() ? nullptr : ref.data();
-  opt.preset_dict_size = static_cast<uint32_t>(ref.size());
-  lzma_filter filters[2] = {{LZMA_FILTER_LZMA2, &opt}, {LZMA_VLI_UNKNOWN, nullptr}};
-  Bytes out(src.size() + src.size() / 16 + 1024);
-  size_t out_pos = 0;
-  const lzma_ret rc = lzma_raw_buffer_encode(filters, nullptr, src.data(), src.size(), out.data(),
-                                             &out_pos, out.size());
-  if (rc != LZMA_OK) return Error(ErrorCode::kInternal, "lzma2 reference encoder failed");
   out.resize(out_pos);
   return out;
 }
@@ -232,7 +220,7 @@ Result<EncodedSegment> EncodeRef(ByteView old, ByteView neu, uint64_t begin, uin
                                  Compressor* comp) {
   const ByteView src = neu.subspan(begin, end - begin);
   const ByteView ref = old.subspan(ref_offset, ref_length);
-  Result<Bytes> z = level == 0 ? Lzma2RefCompress(src, ref) : comp->Compress(src, level, ref);
+  Result<Bytes> z = level == 0 ? Lzma2Compress(src, 9, 64, ref) : comp->Compress(src, level, ref);
   if (!z.ok()) return z.status();
   EncodedSegment s;
   s.header.method = level == 0 ? Method::kLzmaRef : Method::kZstdRef;
@@ -279,9 +267,11 @@ constexpr uint64_t kWholeCopyDiffTrial = 64 << 10;
 // Files up to this size always get the whole-file reference trials.
 constexpr uint64_t kAlwaysTryRefSize = 1 << 20;
 // Larger files get the LZMA2 whole-file trial when more sampled pieces than kRefTrialUnmatched
-// are new; above kRefTrialUnrelated nearly nothing is shared (compressed or unrelated data) and
-// the cheaper zstd trial is as good.
+// are new, and zstd's too above kRefTrialMixed (partly compressed data); above
+// kRefTrialUnrelated nearly nothing is shared (compressed or unrelated data) and zstd alone is as
+// good.
 constexpr double kRefTrialUnmatched = 0.70;
+constexpr double kRefTrialMixed = 0.80;
 constexpr double kRefTrialUnrelated = 0.90;
 
 // True when at least 90% of a sample of |data| is printable ASCII or common whitespace.
@@ -377,6 +367,8 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
       ref_levels = {0, options.ref_level};
     } else if (st.unmatched_fraction > kRefTrialUnrelated) {
       ref_levels = {std::min(options.ref_level, 19)};
+    } else if (st.unmatched_fraction > kRefTrialMixed) {
+      ref_levels = {0, std::min(options.ref_level, 19)};
     } else if (st.unmatched_fraction > kRefTrialUnmatched || text) {
       ref_levels = {0};
     }
