@@ -82,6 +82,7 @@ class AtomicFileWriter {
  private:
   AtomicFileWriter(int fd, std::string temp, std::string dest, mode_t mode);
   Status Flush();
+  void StartWriteback();
 
   int fd_;
   std::string temp_path_;
@@ -89,6 +90,7 @@ class AtomicFileWriter {
   mode_t mode_;
   Bytes buffer_;
   uint64_t written_ = 0;
+  uint64_t synced_ = 0;  // Bytes handed to writeback so far.
   bool done_ = false;
 };
 
