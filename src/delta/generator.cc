@@ -220,7 +220,7 @@ Result<EncodedSegment> EncodeRef(ByteView old, ByteView neu, uint64_t begin, uin
                                  Compressor* comp) {
   const ByteView src = neu.subspan(begin, end - begin);
   const ByteView ref = old.subspan(ref_offset, ref_length);
-  Result<Bytes> z = level == 0 ? Lzma2Compress(src, 9, 64, ref) : comp->Compress(src, level, ref);
+  Result<Bytes> z = level == 0 ? Lzma2Compress(src, 9, 273, ref) : comp->Compress(src, level, ref);
   if (!z.ok()) return z.status();
   EncodedSegment s;
   s.header.method = level == 0 ? Method::kLzmaRef : Method::kZstdRef;
@@ -358,9 +358,10 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
   // dictionary. They win on text, where edits are many and short, and on binaries that changed a
   // lot; they are tried on text-like files, on files where many sampled pieces are not found in
   // the old file, and on files small enough for them to be cheap. They run as extra tasks beside
-  // the segment tasks so that both cores stay busy.
+  // the segment tasks so that both cores stay busy; text waits for the segments' result.
   const bool text = LooksLikeText(neu);
-  std::vector<int> ref_levels;  // 0 = LZMA2, else a zstd level.
+  std::vector<int> ref_levels;     // 0 = LZMA2, else a zstd level.
+  bool deferred_text_ref = false;  // Decided after the segments: see below.
   if (options.try_zstd_ref && small && m > 0 && n > 0 && n <= options.max_ref_window) {
     st.unmatched_fraction = UnmatchedFraction(sa, neu);
     if (m <= kAlwaysTryRefSize) {
@@ -369,8 +370,10 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
       ref_levels = {std::min(options.ref_level, 19)};
     } else if (st.unmatched_fraction > kRefTrialMixed) {
       ref_levels = {0, std::min(options.ref_level, 19)};
-    } else if (st.unmatched_fraction > kRefTrialUnmatched || text) {
+    } else if (st.unmatched_fraction > kRefTrialUnmatched) {
       ref_levels = {0};
+    } else if (text) {
+      deferred_text_ref = true;
     }
   }
 
@@ -432,6 +435,13 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
     auto cd = EncodeCopyDiff(old, neu, 0, all_ops, options.stream_level, comps[0].get());
     if (!cd.ok()) return cd.status();
     whole.push_back(std::move(cd).value());
+  }
+  // Text that changed very little (copydiff under 0.1% of the file) is left as it is: the LZMA2
+  // reference trial costs seconds and cannot gain much there.
+  if (deferred_text_ref && plan.size() * 1000 > m) {
+    auto r = EncodeRef(old, neu, 0, m, 0, n, 0, comps[0].get());
+    if (!r.ok()) return r.status();
+    whole.push_back(std::move(r).value());
   }
   for (auto& c : whole) {
     if (c.has_value() && c->encoded_size() < plan.size()) {
