@@ -27,6 +27,10 @@ only measures ours. --no-cache ignores the cache (results are still written back
 --skip-peers NAME,.. (or "all") never runs those peers; their cached results, if any, are
 still shown.
 
+--vcdiff plain|lzma benchmarks our VCDIFF output instead, against xdelta3 in the same setting:
+plain = `deltastream diff --format vcdiff` vs `xdelta3 -e -9 -S none`, lzma = with
+`--vcdiff-lzma` vs `xdelta3 -e -9 -S lzma` (both with -D -B N as above).
+
 Other processes (a build, a fuzzer) sharing the CPUs inflate timings. For each command the
 script records how many CPUs' worth of other work ran meanwhile, flags noisy measurements in
 the report header, and with --wait-idle S waits up to S seconds for a quiet machine before
@@ -36,7 +40,7 @@ Usage:
     bench/corpus_bench.py [--corpus DIR] [--deltastream PATH] [--only id,id]
                           [--skip-peers name,..|all] [--skip-ours] [--no-cache]
                           [--wait-idle SECONDS] [--out results.md] [--json results.json]
-                          [--timeout SECONDS] [--workdir DIR]
+                          [--timeout SECONDS] [--workdir DIR] [--vcdiff plain|lzma]
 
 Python 3 standard library only.
 """
@@ -164,6 +168,28 @@ def make_tools(deltastream):
 
     return [ours, xdelta, bsdiff, zstd_tool("zstd-19", ["-19"]),
             zstd_tool("zstd-22", ["--ultra", "-22"])]
+
+
+def make_vcdiff_tools(deltastream, variant):
+    """Ours as VCDIFF against xdelta3 in the same secondary-compression setting.
+
+    plain: `deltastream diff --format vcdiff` (RFC 3284 + Adler-32) vs `xdelta3 -9 -S none`;
+    lzma:  `... --vcdiff-lzma` (xdelta3's lzma secondary sections) vs `xdelta3 -9 -S lzma`.
+    Ours is applied with `deltastream apply`; the tests prove that xdelta3 -d decodes it too.
+    """
+    extra = ["--vcdiff-lzma"] if variant == "lzma" else []
+    sec = "lzma" if variant == "lzma" else "none"
+    ours = Tool(
+        "ours", "deltastream diff --format vcdiff " + " ".join(extra),
+        lambda o, n, p, _: [deltastream, "diff", "--format", "vcdiff", *extra, o, n, "-o", p],
+        lambda o, p, out, _: [deltastream, "apply", o, p, "-o", out],
+        peer=False)
+    xdelta = Tool(
+        "xdelta3-S" + sec, "xdelta3 -e -9 -S %s -D -B pow2>=max(old,16MiB) / -d -D" % sec,
+        lambda o, n, p, s: ["xdelta3", "-e", "-9", "-S", sec, "-D", "-B", str(xdelta3_window(s)),
+                            "-s", o, n, p],
+        lambda o, p, out, s: ["xdelta3", "-d", "-D", "-B", str(xdelta3_window(s)), "-s", o, p, out])
+    return [ours, xdelta]
 
 
 def tool_versions():
@@ -513,6 +539,9 @@ def main():
     ap.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                     help="before each command wait up to SECONDS for other processes to leave the "
                          "CPUs idle (< 0.25 CPU busy); default 0 = do not wait")
+    ap.add_argument("--vcdiff", choices=["plain", "lzma"],
+                    help="benchmark our VCDIFF output instead: plain (vs xdelta3 -9 -S none) or "
+                         "lzma (--vcdiff-lzma vs xdelta3 -9 -S lzma)")
     ap.add_argument("--workdir", default=None, help="where temporary patches go (default: system temp)")
     args = ap.parse_args()
 
@@ -520,13 +549,13 @@ def main():
         sys.exit("corpus_bench: %s (GNU time) is required" % GNU_TIME)
     corpus = os.path.abspath(args.corpus)
     deltastream = os.path.abspath(args.deltastream)
-    tools = make_tools(deltastream)
+    tools = make_vcdiff_tools(deltastream, args.vcdiff) if args.vcdiff else make_tools(deltastream)
     peer_names = [t.name for t in tools if t.peer]
 
     skip = {s.strip() for s in args.skip_peers.split(",") if s.strip()}
     if "all" in skip:
         skip = set(peer_names)
-    unknown = skip - set(peer_names) - {"xdelta3"}  # "xdelta3" also names the no-lzma variant
+    unknown = skip - set(peer_names) - {"xdelta3"} - {"xdelta3-S" + v for v in ("none", "lzma")}  # "xdelta3" also names the no-lzma variant
     if unknown:
         sys.exit("corpus_bench: unknown peer(s) %s; peers are %s" % (", ".join(sorted(unknown)), ", ".join(peer_names)))
     if "xdelta3" in skip:
@@ -605,7 +634,7 @@ def main():
                 cache.put(key, r)
 
     header = [
-        "## deltastream corpus benchmark",
+        "## deltastream corpus benchmark" + (" (VCDIFF, %s)" % args.vcdiff if args.vcdiff else ""),
         "",
         "- date: %s; host: %d CPUs" % (datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), os.cpu_count() or 0),
         "- ours: `%s`" % deltastream,

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <span>
 #include <vector>
 
 #include "common/bytes.h"
@@ -125,13 +127,19 @@ inline Bytes RunEditScript(ByteView old_bytes, ByteView script) {
 }
 
 // An OutputSink that keeps the bytes and fails once more than |cap| bytes were written, so a
-// tiny hostile patch cannot make one fuzz input run for long.
+// tiny hostile patch cannot make one fuzz input run for long. Reading back (VCDIFF VCD_TARGET)
+// outside what was written is a decoder bug and aborts.
 class CappedSink : public delta::OutputSink {
  public:
   explicit CappedSink(uint64_t cap) : cap_(cap) {}
   Status Write(ByteView data) override {
     if (data.size() > cap_ - bytes.size()) return Error(ErrorCode::kResourceLimit, "fuzz cap");
     bytes.insert(bytes.end(), data.begin(), data.end());
+    return Status::Ok();
+  }
+  Status ReadBack(uint64_t offset, std::span<uint8_t> out) override {
+    FUZZ_CHECK(offset <= bytes.size() && out.size() <= bytes.size() - offset);
+    if (!out.empty()) std::memcpy(out.data(), bytes.data() + offset, out.size());
     return Status::Ok();
   }
   Bytes bytes;

@@ -1,9 +1,13 @@
 // Writes the fuzzers' seed corpora: small real patches in each input layout plus edge cases.
+// The VCDIFF seeds include patches made by the real xdelta3 (/usr/bin/xdelta3; skipped with a
+// warning when it is missing) and hand-made ones for features xdelta3 never writes.
 //
 //   usage: fuzz_make_seeds OUT_DIR   (writes OUT_DIR/<fuzzer>/seed-*)
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -12,6 +16,8 @@
 #include "delta/delta.h"
 #include "delta/delta_gen.h"
 #include "delta/patch_format.h"
+#include "delta/vcdiff.h"
+#include "delta/vcdiff_format.h"
 #include "fuzz_util.h"
 
 namespace {
@@ -105,6 +111,183 @@ std::vector<Case> Cases() {
   return cases;
 }
 
+// --- VCDIFF seeds -------------------------------------------------------------------------------
+
+Bytes ReadAll(const std::filesystem::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  return Bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+// `xdelta3 -e -f FLAGS [-s old] new out`; empty when xdelta3 fails or is missing.
+Bytes Xdelta3(const Bytes* old_bytes, const Bytes& new_bytes, const std::string& flags) {
+  const auto dir = std::filesystem::temp_directory_path() / "ds_make_seeds_xdelta3";
+  std::filesystem::create_directories(dir);
+  Write(dir, "new", new_bytes);
+  std::string cmd = "/usr/bin/xdelta3 -e -f " + flags;
+  if (old_bytes != nullptr) {
+    Write(dir, "old", *old_bytes);
+    cmd += " -s " + (dir / "old").string();
+  }
+  cmd += " " + (dir / "new").string() + " " + (dir / "out").string() + " 2>/dev/null";
+  Bytes out;
+  if (std::system(cmd.c_str()) == 0) out = ReadAll(dir / "out");
+  std::filesystem::remove_all(dir);
+  return out;
+}
+
+void PutInt(Bytes* out, uint64_t v) { ds::delta::vcdiff::WriteInt(out, v); }
+
+// One window: [indicator][segment][delta length][target length][0][lengths][adler][sections].
+Bytes Window(uint8_t indicator, uint64_t seg_len, uint64_t seg_off, ByteView target,
+             const Bytes& data, const Bytes& inst, const Bytes& addr, bool adler = true,
+             uint32_t adler_xor = 0) {
+  Bytes body;
+  PutInt(&body, target.size());
+  body.push_back(0);
+  PutInt(&body, data.size());
+  PutInt(&body, inst.size());
+  PutInt(&body, addr.size());
+  if (adler) {
+    const uint32_t a = ds::delta::vcdiff::Adler32(1, target) ^ adler_xor;
+    for (int s = 24; s >= 0; s -= 8) body.push_back(static_cast<uint8_t>(a >> s));
+  }
+  body.insert(body.end(), data.begin(), data.end());
+  body.insert(body.end(), inst.begin(), inst.end());
+  body.insert(body.end(), addr.begin(), addr.end());
+  Bytes out = {static_cast<uint8_t>(indicator | (adler ? ds::delta::vcdiff::kWinAdler32 : 0))};
+  if (indicator & 3) {
+    PutInt(&out, seg_len);
+    PutInt(&out, seg_off);
+  }
+  PutInt(&out, body.size());
+  out.insert(out.end(), body.begin(), body.end());
+  return out;
+}
+
+void WriteVcdiffSeeds(const std::filesystem::path& dir) {
+  using ds::fuzz::kApplyTightLimits;
+  using ds::fuzz::MakeApplyInput;
+  // The no-old-file flag of vcdiff_apply_fuzzer.cc.
+  constexpr uint8_t kNoSource = 1 << 2;
+  std::vector<std::pair<std::string, Bytes>> seeds;  // name -> fuzzer input
+  auto add = [&](const std::string& name, uint8_t flags, uint8_t seed, const Bytes& old_bytes,
+                 const Bytes& patch) {
+    if (patch.empty()) {
+      std::fprintf(stderr, "warning: no VCDIFF seed %s (xdelta3 missing?)\n", name.c_str());
+      return;
+    }
+    seeds.push_back({name, MakeApplyInput(flags, seed, old_bytes, patch)});
+  };
+
+  // Made by xdelta3.
+  const Bytes old_bytes = Random(3000, 30);
+  Bytes edited(old_bytes.begin(), old_bytes.begin() + 1200);
+  const Bytes fresh = Text(700, 31);
+  edited.insert(edited.end(), fresh.begin(), fresh.end());
+  edited.insert(edited.end(), old_bytes.begin() + 2000, old_bytes.end());
+  edited.insert(edited.end(), old_bytes.begin() + 100, old_bytes.begin() + 600);
+  const Bytes text_old = Text(4000, 32);
+  Bytes text_new = Text(1500, 33);
+  text_new.insert(text_new.end(), text_old.begin() + 500, text_old.end());
+  add("seed-xdelta3-none", 0, 5, old_bytes, Xdelta3(&old_bytes, edited, "-S none"));
+  add("seed-xdelta3-nochecksum", 0, 6, old_bytes, Xdelta3(&old_bytes, edited, "-S none -n"));
+  add("seed-xdelta3-lzma", 0, 7, text_old, Xdelta3(&text_old, text_new, "-S lzma"));
+  add("seed-xdelta3-djw", 0, 8, text_old, Xdelta3(&text_old, Text(3000, 34), "-S djw"));
+  add("seed-xdelta3-nosource", kNoSource, 9, {}, Xdelta3(nullptr, text_new, "-S none"));
+  add("seed-xdelta3-empty-new", 0, 10, old_bytes, Xdelta3(&old_bytes, {}, "-S none"));
+  add("seed-xdelta3-tight-limits", kApplyTightLimits, 11, old_bytes,
+      Xdelta3(&old_bytes, edited, "-S none"));
+
+  // Hand-made: VCD_TARGET, RUN, overlapping COPY, every address mode.
+  {
+    const Bytes src = Random(1024, 35);
+    Bytes inst, addr, data, target;
+    // COPY 16 from 0 (self), from 10 (here), 12 (near 0), 13 (near 1), 10 (same group 0).
+    const uint8_t modes[] = {0, 1, 2, 3, 6};
+    const uint64_t values[] = {0, 1024 + 16 - 10, 12, 3, 10};
+    const uint64_t addrs[] = {0, 10, 12, 13, 10};
+    for (int i = 0; i < 5; ++i) {
+      inst.push_back(static_cast<uint8_t>(19 + 16 * modes[i]));
+      PutInt(&inst, 16);
+      if (modes[i] == 6) {
+        addr.push_back(static_cast<uint8_t>(values[i]));
+      } else {
+        PutInt(&addr, values[i]);
+      }
+      target.insert(target.end(), src.begin() + addrs[i], src.begin() + addrs[i] + 16);
+    }
+    inst.push_back(0);  // RUN 9 of 'r'.
+    PutInt(&inst, 9);
+    data.push_back('r');
+    target.insert(target.end(), 9, 'r');
+    inst.push_back(19);  // COPY 20 from 3 bytes back: overlaps its own output.
+    PutInt(&inst, 20);
+    PutInt(&addr, 1024 + target.size() - 3);
+    for (int k = 0; k < 20; ++k) target.push_back(target[target.size() - 3]);
+    Bytes patch(ds::delta::vcdiff::kMagic.begin(), ds::delta::vcdiff::kMagic.end());
+    patch.push_back(0);
+    const Bytes w1 = Window(ds::delta::vcdiff::kWinSource, src.size(), 0, target, data, inst, addr);
+    patch.insert(patch.end(), w1.begin(), w1.end());
+    // Window 2 copies 40 bytes of window 1's output (VCD_TARGET), then 8 more overlapping.
+    Bytes t2(target.begin() + 10, target.begin() + 50);
+    for (int k = 0; k < 8; ++k) t2.push_back(t2[t2.size() - 5]);
+    Bytes i2 = {19}, a2;
+    PutInt(&i2, 40);
+    PutInt(&a2, 0);
+    i2.push_back(19 + 16);  // Here mode.
+    PutInt(&i2, 8);
+    PutInt(&a2, 5);
+    const Bytes w2 = Window(ds::delta::vcdiff::kWinTarget, 40, 10, t2, {}, i2, a2);
+    patch.insert(patch.end(), w2.begin(), w2.end());
+    add("seed-crafted-modes-target", 0, 12, src, patch);
+    Bytes bad_adler(patch.begin(), patch.begin() + 5);
+    const Bytes w1_bad =
+        Window(ds::delta::vcdiff::kWinSource, src.size(), 0, target, data, inst, addr, true, 4);
+    bad_adler.insert(bad_adler.end(), w1_bad.begin(), w1_bad.end());
+    add("seed-crafted-bad-adler", 0, 13, src, bad_adler);
+  }
+  // Hand-made: an application-defined code table (ADD 1 and COPY mode 0 swapped, caches near 2
+  // and same 1) delivered as one ADD of the whole 1536-byte string.
+  {
+    ds::delta::vcdiff::CodeTable table = ds::delta::vcdiff::DefaultCodeTable();
+    std::swap(table[2], table[19]);
+    const Bytes str = ds::delta::vcdiff::CodeTableToBytes(table);
+    Bytes ti = {1};
+    PutInt(&ti, str.size());
+    const Bytes table_window = Window(0, 0, 0, str, str, ti, {}, false);
+    Bytes patch(ds::delta::vcdiff::kMagic.begin(), ds::delta::vcdiff::kMagic.end());
+    patch.push_back(ds::delta::vcdiff::kHdrCodeTable);
+    PutInt(&patch, table_window.size() + 2);
+    patch.push_back(2);
+    patch.push_back(1);
+    patch.insert(patch.end(), table_window.begin(), table_window.end());
+    const Bytes src = Text(200, 36);
+    Bytes target(src.begin() + 20, src.begin() + 70);
+    target.push_back('!');
+    Bytes inst = {2}, addr;  // Opcode 2: COPY mode 0, explicit size.
+    PutInt(&inst, 50);
+    PutInt(&addr, 20);
+    inst.push_back(19);  // Opcode 19: ADD 1.
+    const Bytes w = Window(ds::delta::vcdiff::kWinSource, src.size(), 0, target, {'!'}, inst, addr);
+    patch.insert(patch.end(), w.begin(), w.end());
+    add("seed-crafted-code-table", 0, 14, src, patch);
+  }
+  // Framing edge cases.
+  add("edge-magic", 0, 0, {}, Bytes{0xD6, 0xC3, 0xC4, 0x00});
+  add("edge-header-only", 0, 0, {}, Bytes{0xD6, 0xC3, 0xC4, 0x00, 0x00});
+  add("edge-version1", 0, 0, {}, Bytes{0xD6, 0xC3, 0xC4, 0x01, 0x00});
+
+  for (const auto& [name, input] : seeds) {
+    // Every seed but the deliberately broken ones decodes (a check that the seeds are useful).
+    ds::fuzz::ApplyInput in;
+    ds::fuzz::ParseApplyInput(input, &in);
+    const ds::Result<Bytes> r = ds::delta::ApplyVcdiff(in.old_bytes, in.patch);
+    std::printf("%-28s input %5zu  %s\n", name.c_str(), input.size(),
+                r.ok() ? "decodes" : r.status().ToString().c_str());
+    Write(dir, name, input);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -192,5 +375,7 @@ int main(int argc, char** argv) {
     Write(roundtrip_dir, "edge-empty", {});
     Write(roundtrip_dir, "edge-prefix-only", Bytes{0x7f, 0xff, 0xff});
   }
+
+  WriteVcdiffSeeds(out / "vcdiff_apply_fuzzer");
   return 0;
 }

@@ -1,5 +1,6 @@
 #include "cli/commands.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -7,6 +8,8 @@
 #include "common/fs.h"
 #include "common/hash.h"
 #include "delta/delta.h"
+#include "delta/vcdiff.h"
+#include "delta/vcdiff_format.h"
 
 namespace ds::cli {
 namespace {
@@ -15,12 +18,41 @@ double Since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+Status RunVcdiffDiff(const DiffArgs& args, ByteView old, ByteView neu) {
+  const auto t0 = std::chrono::steady_clock::now();
+  delta::VcdiffEncodeOptions options = args.vcdiff;
+  options.threads = args.options.threads;
+  delta::VcdiffEncodeStats stats;
+  DS_ASSIGN_OR_RETURN(Bytes patch, delta::EncodeVcdiff(old, neu, options, &stats));
+  DS_RETURN_IF_ERROR(WriteFileAtomic(args.patch_path, patch));
+  if (args.verbose) {
+    const uint64_t m = neu.size();
+    std::printf("old %zu B, new %" PRIu64 " B, VCDIFF patch %zu B (%.3f%% of new)\n", old.size(), m,
+                patch.size(),
+                m ? 100.0 * static_cast<double>(patch.size()) / static_cast<double>(m) : 0.0);
+    std::printf("windows %" PRIu64 ", adds %" PRIu64 " (%" PRIu64 " B), copies %" PRIu64
+                " (%" PRIu64 " B, %" PRIu64 " within the target), runs %" PRIu64 "\n",
+                stats.windows, stats.adds, stats.add_bytes, stats.copies, stats.copy_bytes,
+                stats.target_copies, stats.runs);
+    std::printf("sections data %" PRIu64 " B, instructions %" PRIu64 " B, addresses %" PRIu64
+                " B%s\n",
+                stats.data_bytes, stats.inst_bytes, stats.addr_bytes,
+                options.secondary_lzma ? " (before lzma)" : "");
+    std::printf("suffix sort %.2f s, total %.2f s\n", stats.suffix_sort_seconds, Since(t0));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status RunDiff(const DiffArgs& args) {
   const auto t0 = std::chrono::steady_clock::now();
   DS_ASSIGN_OR_RETURN(auto old_map, MappedFile::Open(args.old_path));
   DS_ASSIGN_OR_RETURN(auto new_map, MappedFile::Open(args.new_path));
+  if (args.format == "vcdiff") return RunVcdiffDiff(args, old_map->bytes(), new_map->bytes());
+  if (args.format != "dspf") {
+    return Error(ErrorCode::kInvalidArgument, "unknown patch format '" + args.format + "'");
+  }
   delta::GenerateOptions options = args.options;
   if (args.no_zstd_ref) options.try_zstd_ref = false;
   delta::GenerateStats stats;
@@ -50,15 +82,95 @@ Status RunApply(const ApplyArgs& args) {
   DS_RETURN_IF_ERROR(delta::ApplyPatchFile(args.old_path, args.patch_path, args.out_path));
   if (args.verbose) {
     DS_ASSIGN_OR_RETURN(uint64_t size, FileSize(args.out_path));
+    DS_ASSIGN_OR_RETURN(auto patch_file, RandomAccessFile::Open(args.patch_path));
+    uint8_t magic[4] = {};
+    const size_t magic_len = std::min<uint64_t>(sizeof(magic), patch_file->size());
+    DS_RETURN_IF_ERROR(patch_file->ReadAt(0, std::span<uint8_t>(magic, magic_len)));
+    const bool vcdiff =
+        delta::DetectPatchFormat(ByteView(magic, magic_len)) == delta::PatchFormat::kVcdiff;
     const double s = Since(t0);
-    std::printf("rebuilt %" PRIu64 " B in %.3f s (%.0f MB/s), SHA-256 verified\n", size, s,
-                s > 0 ? static_cast<double>(size) / s / 1e6 : 0.0);
+    std::printf("rebuilt %" PRIu64 " B in %.3f s (%.0f MB/s), %s\n", size, s,
+                s > 0 ? static_cast<double>(size) / s / 1e6 : 0.0,
+                vcdiff ? "VCDIFF: windows checked against their Adler-32 where present"
+                       : "SHA-256 verified");
   }
   return Status::Ok();
 }
 
+namespace {
+
+// Hdr_Indicator / Win_Indicator / Delta_Indicator bits as names.
+std::string BitNames(uint8_t bits, const char* const names[3]) {
+  std::string out;
+  for (int i = 0; i < 3; ++i) {
+    if (bits & (1 << i)) out += std::string(out.empty() ? "" : "|") + names[i];
+  }
+  return out.empty() ? "-" : out;
+}
+
+std::string Printable(ByteView bytes) {
+  std::string out;
+  for (uint8_t c : bytes) {
+    if (c >= 0x20 && c < 0x7F && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02X", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+Status PrintVcdiff(ByteView patch) {
+  DS_ASSIGN_OR_RETURN(delta::VcdiffInfo info, delta::InspectVcdiff(patch));
+  static const char* const kHdrBits[3] = {"VCD_DECOMPRESS", "VCD_CODETABLE", "VCD_APPHEADER"};
+  static const char* const kWinBits[3] = {"VCD_SOURCE", "VCD_TARGET", "VCD_ADLER32"};
+  static const char* const kDeltaBits[3] = {"data", "inst", "addr"};
+  std::printf("format      VCDIFF (RFC 3284) version 0\n");
+  std::printf("patch       %" PRIu64 " B (header %" PRIu64 " B)\n", info.patch_size,
+              info.header_size);
+  std::printf("header      indicator 0x%02X %s\n", info.hdr_indicator,
+              BitNames(info.hdr_indicator, kHdrBits).c_str());
+  if (info.secondary_id != 0) {
+    std::printf("secondary   %s (id %u)\n", delta::vcdiff::SecondaryName(info.secondary_id),
+                info.secondary_id);
+  } else {
+    std::printf("secondary   none\n");
+  }
+  std::printf("code table  %s\n", info.custom_code_table ? "application-defined" : "default");
+  if (info.hdr_indicator & delta::vcdiff::kHdrAppHeader) {
+    std::printf("app header  %zu B \"%s\"\n", info.app_header.size(),
+                Printable(info.app_header).c_str());
+  }
+  std::printf("target      %" PRIu64 " B in %zu windows\n", info.target_size, info.windows.size());
+  std::printf("%5s %10s %-22s %-28s %12s %10s %-14s %10s %8s %8s  %s\n", "#", "patch off",
+              "indicator", "segment", "target off", "length", "compressed", "data", "inst", "addr",
+              "adler32");
+  for (size_t i = 0; i < info.windows.size(); ++i) {
+    const delta::VcdiffWindowInfo& w = info.windows[i];
+    std::string segment = "-";
+    if (w.win_indicator & (delta::vcdiff::kWinSource | delta::vcdiff::kWinTarget)) {
+      segment = std::string(w.win_indicator & delta::vcdiff::kWinSource ? "source" : "target") +
+                "[" + std::to_string(w.segment_offset) + ", +" + std::to_string(w.segment_length) +
+                ")";
+    }
+    char adler[16] = "-";
+    if (w.has_adler32) std::snprintf(adler, sizeof(adler), "%08X", w.adler32);
+    std::printf("%5zu %10" PRIu64 " %-22s %-28s %12" PRIu64 " %10" PRIu64 " %-14s %10" PRIu64
+                " %8" PRIu64 " %8" PRIu64 "  %s\n",
+                i + 1, w.patch_offset, BitNames(w.win_indicator, kWinBits).c_str(), segment.c_str(),
+                w.target_offset, w.target_length, BitNames(w.delta_indicator, kDeltaBits).c_str(),
+                w.data_length, w.inst_length, w.addr_length, adler);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status RunInspect(const InspectArgs& args) {
   DS_ASSIGN_OR_RETURN(Bytes patch, ReadFile(args.patch_path, 4ull << 30));
+  if (delta::DetectPatchFormat(patch) == delta::PatchFormat::kVcdiff) return PrintVcdiff(patch);
   DS_ASSIGN_OR_RETURN(delta::PatchInfo info, delta::InspectPatch(patch));
   const delta::FileHeader& h = info.header;
   std::printf("format      DSPF %u.%u, algorithm %u\n", h.major, h.minor,

@@ -6,12 +6,16 @@
 
 #include "common/status.h"
 #include "delta/delta_gen.h"
+#include "delta/vcdiff_gen.h"
 
 namespace ds::cli {
 
 struct DiffArgs {
   std::string old_path, new_path, patch_path;
   delta::GenerateOptions options;
+  // "dspf" (deltastream's own format) or "vcdiff" (RFC 3284, xdelta3-compatible).
+  std::string format = "dspf";
+  delta::VcdiffEncodeOptions vcdiff;
   bool no_zstd_ref = false;
   bool verbose = false;
 };

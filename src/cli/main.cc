@@ -29,6 +29,18 @@ int main(int argc, char** argv) {
   d->add_option("--threads", diff.options.threads, "Worker threads (0 = one per core)")
       ->capture_default_str();
   d->add_flag("--no-zstd-ref", diff.no_zstd_ref, "Do not try zstd reference segments");
+  d->add_option("--format", diff.format,
+                "Patch format: dspf (deltastream) or vcdiff (RFC 3284, decodes with xdelta3 -d)")
+      ->check(CLI::IsMember({"dspf", "vcdiff"}))
+      ->capture_default_str();
+  d->add_option("--vcdiff-window", diff.vcdiff.window_size,
+                "VCDIFF: target bytes per window (at most 16 MiB for xdelta3)")
+      ->capture_default_str();
+  d->add_flag("!--vcdiff-no-checksum", diff.vcdiff.adler32,
+              "VCDIFF: omit xdelta3's Adler-32 window checksum (strict RFC 3284 decoders)");
+  d->add_flag("--vcdiff-lzma", diff.vcdiff.secondary_lzma,
+              "VCDIFF: xdelta3's lzma secondary compression (xdelta3 decodes it; plain RFC 3284 "
+              "decoders do not)");
   d->add_flag("-v,--verbose", diff.verbose, "Print sizes, methods and timings");
 
   auto* a = app.add_subcommand("apply", "Rebuild NEW from OLD and a patch");

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -170,6 +171,27 @@ Status AtomicFileWriter::Append(ByteView data) {
     return Status::Ok();
   }
   buffer_.insert(buffer_.end(), data.begin(), data.end());
+  return Status::Ok();
+}
+
+Status AtomicFileWriter::ReadBack(uint64_t offset, std::span<uint8_t> out) const {
+  uint64_t end;
+  if (done_ || !CheckedAddU64(offset, out.size(), &end) || end > written_) {
+    return Error(ErrorCode::kInternal, "read back outside the written bytes of " + temp_path_);
+  }
+  const uint64_t flushed = written_ - buffer_.size();
+  while (!out.empty() && offset < flushed) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(out.size(), flushed - offset));
+    const ssize_t r = ::pread(fd_, out.data(), want, static_cast<off_t>(offset));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus("read back " + temp_path_, errno);
+    }
+    if (r == 0) return Error(ErrorCode::kIoError, "short read back from " + temp_path_);
+    out = out.subspan(static_cast<size_t>(r));
+    offset += static_cast<uint64_t>(r);
+  }
+  if (!out.empty()) std::memcpy(out.data(), buffer_.data() + (offset - flushed), out.size());
   return Status::Ok();
 }
 

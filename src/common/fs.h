@@ -74,6 +74,9 @@ class AtomicFileWriter {
 
   Status Append(ByteView data);
   uint64_t bytes_written() const { return written_; }
+  // Fills |out| with appended bytes from |offset| (from the temporary file and the unflushed
+  // buffer). offset + out.size() past bytes_written() is kInternal.
+  Status ReadBack(uint64_t offset, std::span<uint8_t> out) const;
   // Flushes, fsyncs, renames over the destination and fsyncs the directory.
   Status Commit();
   // Drops the temporary file; the destination is untouched.

@@ -16,6 +16,7 @@
 #include "common/fs.h"
 #include "common/hash.h"
 #include "delta/delta.h"
+#include "delta/vcdiff.h"
 
 namespace ds::delta {
 
@@ -25,6 +26,21 @@ Status MemoryOldSource::ReadAt(uint64_t offset, std::span<uint8_t> out) const {
     return Error(ErrorCode::kInternal, "old read out of range");
   }
   if (!out.empty()) std::memcpy(out.data(), data_.data() + offset, out.size());
+  return Status::Ok();
+}
+
+Status OutputSink::ReadBack(uint64_t offset, std::span<uint8_t> out) {
+  return Error(ErrorCode::kUnsupported,
+               "this output sink cannot read back earlier output (a VCDIFF VCD_TARGET window "
+               "needs it)");
+}
+
+Status VectorSink::ReadBack(uint64_t offset, std::span<uint8_t> out) {
+  uint64_t end;
+  if (!CheckedAddU64(offset, out.size(), &end) || end > bytes.size()) {
+    return Error(ErrorCode::kInternal, "read back past the output");
+  }
+  if (!out.empty()) std::memcpy(out.data(), bytes.data() + offset, out.size());
   return Status::Ok();
 }
 
@@ -456,6 +472,7 @@ uint64_t PatchApplier::segments_done() const { return impl_->segments_done(); }
 uint64_t PatchApplier::output_bytes() const { return impl_->output_bytes(); }
 
 Result<Bytes> ApplyPatch(ByteView old, ByteView patch, const ApplyLimits& limits) {
+  if (DetectPatchFormat(patch) == PatchFormat::kVcdiff) return ApplyVcdiff(old, patch, limits);
   MemoryOldSource src(old);
   VectorSink sink;
   PatchApplier applier(&src, &sink, limits);
@@ -470,10 +487,26 @@ class AtomicFileSink : public OutputSink {
  public:
   explicit AtomicFileSink(AtomicFileWriter* w) : w_(w) {}
   Status Write(ByteView data) override { return w_->Append(data); }
+  Status ReadBack(uint64_t offset, std::span<uint8_t> out) override {
+    return w_->ReadBack(offset, out);
+  }
 
  private:
   AtomicFileWriter* w_;
 };
+
+// Feeds |file| to |write| in pieces of at most 1 MiB.
+template <typename WriteFn>
+Status StreamFile(const RandomAccessFile& file, WriteFn write) {
+  Bytes buf(std::min<uint64_t>(1 << 20, std::max<uint64_t>(file.size(), 1)));
+  for (uint64_t pos = 0; pos < file.size(); pos += buf.size()) {
+    const size_t n = std::min<uint64_t>(buf.size(), file.size() - pos);
+    std::span<uint8_t> chunk(buf.data(), n);
+    DS_RETURN_IF_ERROR(file.ReadAt(pos, chunk));
+    DS_RETURN_IF_ERROR(write(ByteView(chunk)));
+  }
+  return Status::Ok();
+}
 
 }  // namespace
 
@@ -485,14 +518,19 @@ Status ApplyPatchFile(const std::string& old_path, const std::string& patch_path
   DS_ASSIGN_OR_RETURN(auto writer, AtomicFileWriter::Create(out_path, mode));
   FileOldSource src(old_file.get());
   AtomicFileSink sink(writer.get());
-  PatchApplier applier(&src, &sink, limits);
-  Bytes buf(std::min<uint64_t>(1 << 20, std::max<uint64_t>(patch_file->size(), 1)));
-  for (uint64_t pos = 0; pos < patch_file->size(); pos += buf.size()) {
-    const size_t n = std::min<uint64_t>(buf.size(), patch_file->size() - pos);
-    std::span<uint8_t> chunk(buf.data(), n);
-    DS_RETURN_IF_ERROR(patch_file->ReadAt(pos, chunk));
-    DS_RETURN_IF_ERROR(applier.Write(chunk));
+  uint8_t magic[4] = {};
+  const size_t magic_len = std::min<uint64_t>(sizeof(magic), patch_file->size());
+  DS_RETURN_IF_ERROR(patch_file->ReadAt(0, std::span<uint8_t>(magic, magic_len)));
+  if (DetectPatchFormat(ByteView(magic, magic_len)) == PatchFormat::kVcdiff) {
+    // No whole-file hash: each window's Adler-32 (when the encoder wrote one) is the check.
+    VcdiffApplier applier(&src, &sink, limits);
+    DS_RETURN_IF_ERROR(
+        StreamFile(*patch_file, [&](ByteView chunk) { return applier.Write(chunk); }));
+    DS_RETURN_IF_ERROR(applier.Finish());
+    return writer->Commit();
   }
+  PatchApplier applier(&src, &sink, limits);
+  DS_RETURN_IF_ERROR(StreamFile(*patch_file, [&](ByteView chunk) { return applier.Write(chunk); }));
   DS_RETURN_IF_ERROR(applier.Finish());
   return writer->Commit();
 }

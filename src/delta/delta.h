@@ -64,6 +64,10 @@ class OutputSink {
  public:
   virtual ~OutputSink() = default;
   virtual Status Write(ByteView data) = 0;
+  // Fills |out| with bytes this sink received earlier, from |offset| in the output. VCDIFF
+  // windows that copy from earlier target data (VCD_TARGET) need it; DSPF patches never do.
+  // REQUIRES: offset + out.size() <= bytes written so far. The default refuses (kUnsupported).
+  virtual Status ReadBack(uint64_t offset, std::span<uint8_t> out);
 };
 
 class VectorSink : public OutputSink {
@@ -72,6 +76,7 @@ class VectorSink : public OutputSink {
     bytes.insert(bytes.end(), data.begin(), data.end());
     return Status::Ok();
   }
+  Status ReadBack(uint64_t offset, std::span<uint8_t> out) override;
   Bytes bytes;
 };
 

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -137,6 +138,64 @@ TEST_F(CliTest, InspectDescribesPatch) {
   for (const delta::SegmentInfo& s : info->segments) {
     EXPECT_NE(i.out.find(delta::MethodName(s.header.method)), std::string::npos) << i.out;
   }
+}
+
+TEST_F(CliTest, VcdiffDiffApplyInspectAndXdelta3) {
+  const std::string vcd = dir_.Join("p.vcdiff");
+  RunResult d = Run({"diff", "--format", "vcdiff", "-v", old_path_, new_path_, "-o", vcd});
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  EXPECT_NE(d.out.find("VCDIFF patch"), std::string::npos) << d.out;
+  const Bytes patch = ReadFileOrDie(vcd);
+  ASSERT_GE(patch.size(), 4u);
+  EXPECT_EQ(patch[0], 0xD6);
+  // Our apply recognises the format by its magic.
+  RunResult a = Run({"apply", old_path_, vcd, "-o", out_path_});
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_TRUE(ReadFileOrDie(out_path_) == new_);
+  RunResult i = Run({"inspect", vcd});
+  ASSERT_EQ(i.exit_code, 0) << i.err;
+  EXPECT_NE(i.out.find("VCDIFF"), std::string::npos) << i.out;
+  // And so does xdelta3.
+  const std::string x3 = dir_.Join("x3.out");
+  const std::string cmd =
+      "/usr/bin/xdelta3 -d -f -s '" + old_path_ + "' '" + vcd + "' '" + x3 + "' 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  EXPECT_TRUE(ReadFileOrDie(x3) == new_);
+
+  // Options reach the encoder: lzma sections and 64 KiB windows, still decoded by xdelta3.
+  const std::string lz = dir_.Join("p.lzma.vcdiff");
+  ASSERT_EQ(Run({"diff", "--format", "vcdiff", "--vcdiff-lzma", "--vcdiff-window", "65536",
+                 old_path_, new_path_, "-o", lz})
+                .exit_code,
+            0);
+  RunResult li = Run({"inspect", lz});
+  ASSERT_EQ(li.exit_code, 0) << li.err;
+  EXPECT_NE(li.out.find("lzma"), std::string::npos) << li.out;
+  ASSERT_EQ(Run({"apply", old_path_, lz, "-o", out_path_}).exit_code, 0);
+  EXPECT_TRUE(ReadFileOrDie(out_path_) == new_);
+  const std::string cmd2 =
+      "/usr/bin/xdelta3 -d -f -s '" + old_path_ + "' '" + lz + "' '" + x3 + "' 2>&1";
+  ASSERT_EQ(std::system(cmd2.c_str()), 0) << cmd2;
+  EXPECT_TRUE(ReadFileOrDie(x3) == new_);
+}
+
+TEST_F(CliTest, VcdiffBadOptionsExit1) {
+  EXPECT_EQ(Diff({"--format", "zip"}).exit_code, 1);
+  EXPECT_EQ(Diff({"--format", "vcdiff", "--vcdiff-window", "0"}).exit_code, 1);
+  EXPECT_EQ(Diff({"--format", "vcdiff", "--vcdiff-window", "99999999"}).exit_code, 1);
+}
+
+TEST_F(CliTest, VcdiffCorruptedPatchLeavesOutputAlone) {
+  const std::string vcd = dir_.Join("p.vcdiff");
+  ASSERT_EQ(Run({"diff", "--format", "vcdiff", old_path_, new_path_, "-o", vcd}).exit_code, 0);
+  Bytes patch = ReadFileOrDie(vcd);
+  patch[patch.size() / 2] ^= 0x5A;  // Somewhere in the sections: checksum or format error.
+  WriteFileOrDie(vcd, patch);
+  WriteFileOrDie(out_path_, testing::ToBytes("keep me"));
+  RunResult a = Run({"apply", old_path_, vcd, "-o", out_path_});
+  EXPECT_NE(a.exit_code, 0);
+  EXPECT_FALSE(a.err.empty());
+  EXPECT_TRUE(ReadFileOrDie(out_path_) == testing::ToBytes("keep me"));
 }
 
 TEST_F(CliTest, ApplyWrongBaseExits26) {
