@@ -10,6 +10,9 @@ packages=(
   g++ cmake ninja-build pkg-config
   # libraries
   libzstd-dev liblzma-dev libdivsufsort-dev libssl-dev libcli11-dev
+  # servers and clients: HTTP (Beast), catalog (SQLite), signatures (Ed25519), JSON, logging
+  libboost1.81-dev libcurl4-openssl-dev libsqlitecpp-dev libsqlite3-dev libsodium-dev
+  nlohmann-json3-dev libspdlog-dev libfmt-dev
   # tests, fuzzing, benchmarks (the VCDIFF tests check interop with the real xdelta3)
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev xdelta3
 )

@@ -1,4 +1,5 @@
-// deltastream: the server-side command line (diff, apply, inspect; later serve, publish, ...).
+// deltastream: the server-side command line (diff, apply, inspect, serve, keygen, publish,
+// versions, jobs, metadata).
 //
 // Exit codes are ds::ErrorCode values: 0 on success, the error's stable number otherwise.
 #include <CLI/CLI.hpp>
@@ -7,6 +8,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/repo_commands.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"deltastream: binary delta updates"};
@@ -52,6 +54,87 @@ int main(int argc, char** argv) {
   auto* i = app.add_subcommand("inspect", "Describe a patch: header, segments, sizes");
   i->add_option("patch", inspect.patch_path, "Patch file")->required();
 
+  // Repository: the master server and its clients.
+  app.set_config("--config", "",
+                 "Read options from a TOML/INI file (sections per subcommand, e.g. [serve])");
+  ds::cli::ServeArgs serve;
+  auto* sv = app.add_subcommand("serve", "Run the master repository (HTTP API under /v1)");
+  sv->add_option("--data-dir", serve.data_dir, "Catalog, blobs and keys live here")
+      ->capture_default_str();
+  sv->add_option("--listen", serve.listen, "host:port (port 0 = any free port)")
+      ->capture_default_str();
+  sv->add_option("--tls-cert", serve.tls_cert, "PEM certificate: serve HTTPS");
+  sv->add_option("--tls-key", serve.tls_key, "PEM private key for --tls-cert");
+  sv->add_option("--signing-key", serve.signing_key,
+                 "Ed25519 secret key file (default <data-dir>/keys/signing.key, made if missing)");
+  sv->add_option("--delta-history", serve.delta_history,
+                 "Make deltas from this many previous versions")
+      ->check(CLI::Range(0, 100))
+      ->capture_default_str();
+  sv->add_option("--job-workers", serve.job_workers, "Delta job workers")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  sv->add_option("--job-memory-mib", serve.job_memory_mib, "Memory budget of delta jobs")
+      ->capture_default_str();
+  sv->add_option("--worth-ratio", serve.worth_ratio,
+                 "Serve a delta only below this fraction of the compressed artifact")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  sv->add_option("--metadata-ttl-days", serve.metadata_ttl_days, "Signed metadata lifetime")
+      ->check(CLI::Range(1, 3650))
+      ->capture_default_str();
+  sv->add_flag("--require-read-token", serve.require_read_token,
+               "Reads need a token too (default: reads are open)");
+  sv->add_option("--max-artifact-mib", serve.max_artifact_mib, "Largest artifact accepted")
+      ->capture_default_str();
+  sv->add_option("--threads", serve.worker_threads, "Request handler threads")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  sv->add_option("--port-file", serve.port_file, "Write host:port here once listening");
+
+  ds::cli::KeygenArgs keygen;
+  auto* kg = app.add_subcommand("keygen", "Make an Ed25519 key pair for signing metadata");
+  kg->add_option("prefix", keygen.prefix, "Writes PREFIX.key (secret) and PREFIX.pub")
+      ->capture_default_str();
+
+  auto add_client = [](CLI::App* c, ds::cli::ClientArgs* a) {
+    c->add_option("--server", a->server, "Server URL")->capture_default_str();
+    c->add_option("--token", a->token, "Bearer token (or DELTASTREAM_TOKEN, or --token-file)");
+    c->add_option("--token-file", a->token_file, "File holding the bearer token");
+    c->add_option("--ca-file", a->ca_file, "CA certificate for an HTTPS server");
+  };
+  ds::cli::PublishArgs publish;
+  auto* pb = app.add_subcommand("publish", "Upload a new version of an artifact");
+  pb->add_option("--artifact", publish.artifact, "Artifact name")->required();
+  pb->add_option("--version", publish.version, "Version (semver orders best)")->required();
+  pb->add_option("file", publish.file, "The artifact file")->required()->check(CLI::ExistingFile);
+  pb->add_option("--label", publish.labels, "k=v label (repeatable)");
+  pb->add_option("--depends", publish.depends, "Dependency, e.g. 'libfoo>=1.2' (repeatable)");
+  pb->add_flag("--wait", publish.wait, "Wait for the new deltas and print them");
+  pb->add_option("--wait-seconds", publish.wait_seconds, "Give up waiting after this long")
+      ->capture_default_str();
+  pb->add_flag("-q,--quiet", publish.quiet, "No progress bar or summary");
+  add_client(pb, &publish);
+
+  ds::cli::VersionsArgs versions;
+  auto* vs = app.add_subcommand("versions", "List artifacts, or the versions of one");
+  vs->add_option("artifact", versions.artifact, "Artifact (none: list artifacts)");
+  vs->add_flag("--json", versions.json, "Print the server's JSON");
+  add_client(vs, &versions);
+
+  ds::cli::JobsArgs jobs;
+  auto* jb = app.add_subcommand("jobs", "List delta jobs, newest first");
+  jb->add_option("--limit", jobs.limit, "At most this many")->capture_default_str();
+  jb->add_flag("--json", jobs.json, "Print the server's JSON");
+  add_client(jb, &jobs);
+
+  ds::cli::MetadataArgs metadata;
+  auto* md = app.add_subcommand("metadata", "Fetch and verify an artifact's signed metadata");
+  md->add_option("artifact", metadata.artifact, "Artifact")->required();
+  md->add_option("--public-key", metadata.public_key_file, "Pinned public key file")->required();
+  md->add_option("--min-counter", metadata.min_counter, "Refuse metadata older than this");
+  add_client(md, &metadata);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -67,6 +150,12 @@ int main(int argc, char** argv) {
   }
   if (a->parsed()) status = ds::cli::RunApply(apply);
   if (i->parsed()) status = ds::cli::RunInspect(inspect);
+  if (sv->parsed()) status = ds::cli::RunServe(serve);
+  if (kg->parsed()) status = ds::cli::RunKeygen(keygen);
+  if (pb->parsed()) status = ds::cli::RunPublish(publish);
+  if (vs->parsed()) status = ds::cli::RunVersions(versions);
+  if (jb->parsed()) status = ds::cli::RunJobs(jobs);
+  if (md->parsed()) status = ds::cli::RunMetadata(metadata);
   if (!status.ok()) {
     std::fprintf(stderr, "deltastream: error: %s\n", status.ToString().c_str());
     return status.exit_code();

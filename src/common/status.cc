@@ -45,6 +45,26 @@ std::string_view ErrorCodeName(ErrorCode code) {
       return "patch_decompress";
     case ErrorCode::kPatchTrailingData:
       return "patch_trailing_data";
+    case ErrorCode::kAlreadyExists:
+      return "already_exists";
+    case ErrorCode::kUnauthenticated:
+      return "unauthenticated";
+    case ErrorCode::kPermissionDenied:
+      return "permission_denied";
+    case ErrorCode::kDigestMismatch:
+      return "digest_mismatch";
+    case ErrorCode::kBadSignature:
+      return "bad_signature";
+    case ErrorCode::kExpired:
+      return "expired";
+    case ErrorCode::kRollback:
+      return "rollback";
+    case ErrorCode::kTooLarge:
+      return "too_large";
+    case ErrorCode::kUnavailable:
+      return "unavailable";
+    case ErrorCode::kProtocol:
+      return "protocol";
     case ErrorCode::kPatchOutputMismatch:
       return "patch_output_mismatch";
   }

@@ -43,6 +43,17 @@ enum class ErrorCode : uint16_t {
   kPatchDecompress = 29,      // A compressed stream failed to decode.
   kPatchTrailingData = 30,    // Bytes after the last segment.
   kPatchOutputMismatch = 31,  // A segment's rebuilt bytes fail their checksum.
+  // Repository, metadata and network (50-99).
+  kAlreadyExists = 50,     // The name/version exists with other content (HTTP 409).
+  kUnauthenticated = 51,   // Missing or unknown credentials (HTTP 401).
+  kPermissionDenied = 52,  // Credentials lack the needed scope (HTTP 403).
+  kDigestMismatch = 53,    // Received bytes differ from the declared size or SHA-256.
+  kBadSignature = 54,      // Signed metadata fails verification with the pinned key.
+  kExpired = 55,           // Signed metadata is past its expiry (freeze attack defence).
+  kRollback = 56,          // Metadata or version older than one already trusted.
+  kTooLarge = 57,          // A request or body exceeds the configured limit (HTTP 413).
+  kUnavailable = 58,       // Peer unreachable, timed out or overloaded; retry later (HTTP 503).
+  kProtocol = 59,          // A peer sent a malformed or unexpected response.
 };
 
 // Short stable name of a code, e.g. "patch_checksum".

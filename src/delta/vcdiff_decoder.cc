@@ -51,8 +51,10 @@ namespace vcdiff {
 namespace {
 
 constexpr size_t kCodeTableStringSize = 6 * 256;
-constexpr size_t kCacheSize = 64 << 10;
-constexpr size_t kDirectReadSize = 4 << 10;
+constexpr size_t kCacheBlock = 16 << 10;
+constexpr size_t kCacheSlots = 256;
+// Copies at least this long read straight into the output, bypassing the cache.
+constexpr size_t kDirectReadSize = 32 << 10;
 
 Status Malformed(std::string message) {
   return Error(ErrorCode::kPatchMalformed, std::move(message));
@@ -372,39 +374,47 @@ Status DecodeCodeTable(ByteView data, const FileHeader& outer, CodeTable* table)
   return Status::Ok();
 }
 
-// Reads a byte range (the old file, or output already written) through one cache buffer.
+// Reads a byte range (the old file, or output already written) through a direct-mapped cache
+// of kCacheSlots blocks of kCacheBlock bytes (4 MiB). A whole-source encoder's copies jump all
+// over the source but walk each alignment forwards, so blocks are reused; a single window buffer
+// would be refilled (and copied by the kernel) at nearly every jump.
 class CachedReader {
  public:
   using Fetch = std::function<Status(uint64_t pos, std::span<uint8_t> out)>;
   explicit CachedReader(Fetch fetch) : fetch_(std::move(fetch)) {}
 
-  // REQUIRES: pos + out.size() <= limit, the number of bytes the range holds.
+  // REQUIRES: pos + out.size() <= limit, the number of bytes the range holds. The cache assumes
+  // the bytes below |limit| never change (true of the old file and of output already written).
   Status Read(uint64_t pos, std::span<uint8_t> out, uint64_t limit) {
+    if (slots_.empty()) slots_.resize(kCacheSlots);
     while (!out.empty()) {
-      if (pos >= start_ && pos - start_ < buf_.size()) {
-        const size_t off = pos - start_;
-        const size_t k = std::min(out.size(), buf_.size() - off);
-        std::memcpy(out.data(), buf_.data() + off, k);
-        out = out.subspan(k);
-        pos += k;
-        continue;
+      const uint64_t block = pos / kCacheBlock;
+      const size_t off = pos % kCacheBlock;
+      Slot& slot = slots_[block % kCacheSlots];
+      const uint64_t start = block * kCacheBlock;
+      // A block cached short (it reached the limit then) is refetched once the limit has grown.
+      if (slot.block != block || slot.bytes.size() <= off) {
+        if (out.size() >= kDirectReadSize) return fetch_(pos, out);
+        slot.block = UINT64_MAX;
+        slot.bytes.resize(std::min<uint64_t>(kCacheBlock, limit - start));
+        DS_RETURN_IF_ERROR(fetch_(start, slot.bytes));
+        slot.block = block;
       }
-      if (out.size() >= kDirectReadSize) return fetch_(pos, out);
-      buf_.resize(std::min<uint64_t>(kCacheSize, limit - pos));
-      start_ = pos;
-      Status s = fetch_(pos, buf_);
-      if (!s.ok()) {
-        buf_.clear();
-        return s;
-      }
+      const size_t k = std::min(out.size(), slot.bytes.size() - off);
+      std::memcpy(out.data(), slot.bytes.data() + off, k);
+      out = out.subspan(k);
+      pos += k;
     }
     return Status::Ok();
   }
 
  private:
+  struct Slot {
+    uint64_t block = UINT64_MAX;
+    Bytes bytes;
+  };
   Fetch fetch_;
-  Bytes buf_;
-  uint64_t start_ = 0;
+  std::vector<Slot> slots_;
 };
 
 }  // namespace

@@ -40,6 +40,16 @@ constexpr CodeCase kAllCodes[] = {
     {ErrorCode::kPatchDecompress, 29, "patch_decompress"},
     {ErrorCode::kPatchTrailingData, 30, "patch_trailing_data"},
     {ErrorCode::kPatchOutputMismatch, 31, "patch_output_mismatch"},
+    {ErrorCode::kAlreadyExists, 50, "already_exists"},
+    {ErrorCode::kUnauthenticated, 51, "unauthenticated"},
+    {ErrorCode::kPermissionDenied, 52, "permission_denied"},
+    {ErrorCode::kDigestMismatch, 53, "digest_mismatch"},
+    {ErrorCode::kBadSignature, 54, "bad_signature"},
+    {ErrorCode::kExpired, 55, "expired"},
+    {ErrorCode::kRollback, 56, "rollback"},
+    {ErrorCode::kTooLarge, 57, "too_large"},
+    {ErrorCode::kUnavailable, 58, "unavailable"},
+    {ErrorCode::kProtocol, 59, "protocol"},
 };
 
 TEST(StatusTest, CodeNumbersAreStable) {

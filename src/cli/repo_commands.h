@@ -1,0 +1,78 @@
+// The repository subcommands: serve (the master), keygen, and the client commands publish,
+// versions, jobs and metadata, which talk to a server over HTTP(S).
+#ifndef DELTASTREAM_CLI_REPO_COMMANDS_H_
+#define DELTASTREAM_CLI_REPO_COMMANDS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace ds::cli {
+
+struct ServeArgs {
+  std::string data_dir = "deltastream-data";
+  std::string listen = "127.0.0.1:8440";  // host:port; port 0 = ephemeral.
+  std::string tls_cert, tls_key;
+  std::string signing_key;  // Default: <data_dir>/keys/signing.key.
+  int delta_history = 3;
+  int job_workers = 1;
+  uint64_t job_memory_mib = 4096;
+  double worth_ratio = 0.9;
+  int64_t metadata_ttl_days = 30;
+  bool require_read_token = false;
+  uint64_t max_artifact_mib = 16384;
+  int worker_threads = 8;
+  // Written once the server listens: "host:port" (tests use it with port 0).
+  std::string port_file;
+};
+// Runs until SIGINT or SIGTERM. On first start (no tokens in the catalog) creates an admin token
+// and writes it to <data_dir>/admin.token (0600).
+Status RunServe(const ServeArgs& args);
+
+struct KeygenArgs {
+  std::string prefix = "deltastream";  // Writes PREFIX.key (secret, 0600) and PREFIX.pub.
+};
+Status RunKeygen(const KeygenArgs& args);
+
+struct ClientArgs {
+  std::string server = "http://127.0.0.1:8440";
+  std::string token;  // Bearer token; else DELTASTREAM_TOKEN; else token_file.
+  std::string token_file;
+  std::string ca_file;  // Trust anchor for an HTTPS server with a private CA.
+};
+
+struct PublishArgs : ClientArgs {
+  std::string artifact, version, file;
+  std::vector<std::string> labels;   // k=v
+  std::vector<std::string> depends;  // free-form constraints
+  bool wait = false;                 // Wait until the queued deltas are done; print them.
+  int64_t wait_seconds = 3600;
+  bool quiet = false;
+};
+Status RunPublish(const PublishArgs& args);
+
+struct VersionsArgs : ClientArgs {
+  std::string artifact;  // Empty: list artifacts.
+  bool json = false;
+};
+Status RunVersions(const VersionsArgs& args);
+
+struct JobsArgs : ClientArgs {
+  int64_t limit = 50;
+  bool json = false;
+};
+Status RunJobs(const JobsArgs& args);
+
+struct MetadataArgs : ClientArgs {
+  std::string artifact;
+  std::string public_key_file;  // Verify against this pinned key (hex); required.
+  uint64_t min_counter = 0;     // Refuse older metadata (rollback).
+};
+// Fetches, verifies and prints the signed release metadata.
+Status RunMetadata(const MetadataArgs& args);
+
+}  // namespace ds::cli
+
+#endif  // DELTASTREAM_CLI_REPO_COMMANDS_H_

@@ -1,0 +1,242 @@
+#include "repo/metadata.h"
+
+#include <sodium.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string_view>
+
+#include "common/fs.h"
+#include "common/hash.h"
+#include "repo/repo.h"
+
+namespace ds::repo {
+namespace {
+
+using nlohmann::json;
+
+// Domain separation: a signature over metadata can never be replayed as one over anything else.
+constexpr std::string_view kSignaturePrefix = "deltastream-metadata-v1\n";
+constexpr std::string_view kMetadataType = "deltastream-release";
+constexpr int kSpecVersion = 1;
+
+Status InitSodium() {
+  if (sodium_init() < 0) return Error(ErrorCode::kInternal, "libsodium failed to initialise");
+  return Status::Ok();
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Decodes exactly out.size() bytes of hex.
+bool DecodeHex(std::string_view hex, std::span<uint8_t> out) {
+  if (hex.size() != out.size() * 2) return false;
+  for (size_t i = 0; i < out.size(); ++i) {
+    const int hi = HexValue(hex[2 * i]), lo = HexValue(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  return true;
+}
+
+std::string_view TrimSpace(std::string_view s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) {
+    s.remove_suffix(1);
+  }
+  while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
+  return s;
+}
+
+std::string PublicPathFor(const std::string& secret_path) {
+  constexpr std::string_view kSuffix = ".key";
+  if (secret_path.size() > kSuffix.size() &&
+      secret_path.compare(secret_path.size() - kSuffix.size(), kSuffix.size(), kSuffix) == 0) {
+    return secret_path.substr(0, secret_path.size() - kSuffix.size()) + ".pub";
+  }
+  return secret_path + ".pub";
+}
+
+Bytes SignedBytes(std::string_view canonical) {
+  Bytes msg(kSignaturePrefix.size() + canonical.size());
+  std::memcpy(msg.data(), kSignaturePrefix.data(), kSignaturePrefix.size());
+  if (!canonical.empty()) {
+    std::memcpy(msg.data() + kSignaturePrefix.size(), canonical.data(), canonical.size());
+  }
+  return msg;
+}
+
+std::string KeyIdOf(ByteView pub) { return ToHex(Sha256::Of(pub)); }
+
+}  // namespace
+
+Status GenerateKeyPair(const std::string& secret_path, const std::string& public_path) {
+  DS_RETURN_IF_ERROR(InitSodium());
+  std::array<uint8_t, crypto_sign_PUBLICKEYBYTES> pub;
+  std::array<uint8_t, crypto_sign_SECRETKEYBYTES> secret;
+  crypto_sign_keypair(pub.data(), secret.data());
+  std::string secret_hex = ToHex(ByteView(secret.data(), secret.size())) + "\n";
+  sodium_memzero(secret.data(), secret.size());
+  Status s = WriteFileAtomic(secret_path, AsBytes(secret_hex), 0600);
+  sodium_memzero(secret_hex.data(), secret_hex.size());
+  DS_RETURN_IF_ERROR(s);
+  const std::string pub_hex = ToHex(ByteView(pub.data(), pub.size())) + "\n";
+  return WriteFileAtomic(public_path, AsBytes(pub_hex), 0644);
+}
+
+Result<SigningKey> LoadOrCreateSigningKey(const std::string& path) {
+  DS_RETURN_IF_ERROR(InitSodium());
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno != ENOENT) return ErrnoStatus("stat " + path, errno);
+    const size_t slash = path.find_last_of('/');
+    if (slash != std::string::npos && slash > 0) {
+      const std::string dir = path.substr(0, slash);
+      if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+        return ErrnoStatus("mkdir " + dir, errno);
+      }
+    }
+    DS_RETURN_IF_ERROR(GenerateKeyPair(path, PublicPathFor(path)));
+  }
+  DS_ASSIGN_OR_RETURN(Bytes text, ReadFile(path, 4096));
+  SigningKey key;
+  const std::string_view hex =
+      TrimSpace(std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
+  const bool decoded = DecodeHex(hex, key.secret);
+  sodium_memzero(text.data(), text.size());
+  if (!decoded) {
+    return Error(ErrorCode::kInvalidArgument, path + " does not hold a hex Ed25519 secret key");
+  }
+  // The secret key is seed || public key; rebuild from the seed to catch a damaged file.
+  std::array<uint8_t, crypto_sign_SECRETKEYBYTES> check;
+  crypto_sign_seed_keypair(key.pub.data(), check.data(), key.secret.data());
+  const bool consistent = sodium_memcmp(check.data(), key.secret.data(), check.size()) == 0;
+  sodium_memzero(check.data(), check.size());
+  if (!consistent) {
+    return Error(ErrorCode::kInvalidArgument, path + " holds an inconsistent Ed25519 key");
+  }
+  key.public_hex = ToHex(ByteView(key.pub.data(), key.pub.size()));
+  key.key_id = KeyIdOf(key.pub);
+  return key;
+}
+
+Result<std::string> SignMetadata(const MetadataContent& content, const SigningKey& key) {
+  try {
+    json versions = json::array();
+    for (const MetadataVersion& v : content.versions) {
+      versions.push_back(
+          {{"version", v.version}, {"length", v.length}, {"sha256", v.sha256}, {"seq", v.seq}});
+    }
+    json deltas = json::array();
+    for (const MetadataDelta& d : content.deltas) {
+      deltas.push_back({{"id", d.id},
+                        {"from", d.from},
+                        {"to", d.to},
+                        {"base_sha256", d.base_sha256},
+                        {"result_sha256", d.result_sha256},
+                        {"format", d.format},
+                        {"length", d.length},
+                        {"sha256", d.sha256}});
+    }
+    const json signed_obj = {{"_type", kMetadataType},         {"spec_version", kSpecVersion},
+                             {"artifact", content.artifact},   {"counter", content.counter},
+                             {"signed_at", content.signed_at}, {"expires", content.expires},
+                             {"latest", content.latest},       {"versions", std::move(versions)},
+                             {"deltas", std::move(deltas)}};
+    const std::string canonical = signed_obj.dump();
+    const Bytes msg = SignedBytes(canonical);
+    std::array<uint8_t, crypto_sign_BYTES> sig;
+    crypto_sign_detached(sig.data(), nullptr, msg.data(), msg.size(), key.secret.data());
+    const json envelope = {
+        {"signed", signed_obj},
+        {"signatures",
+         json::array({{{"keyid", key.key_id}, {"sig", ToHex(ByteView(sig.data(), sig.size()))}}})}};
+    return envelope.dump();
+  } catch (const std::exception& e) {
+    return Error(ErrorCode::kInternal, std::string("cannot serialise metadata: ") + e.what());
+  }
+}
+
+Result<std::string> VerifyMetadata(std::string_view envelope, std::string_view public_key_hex,
+                                   int64_t now, uint64_t min_counter) {
+  DS_RETURN_IF_ERROR(InitSodium());
+  std::array<uint8_t, crypto_sign_PUBLICKEYBYTES> pub;
+  if (!DecodeHex(TrimSpace(public_key_hex), pub)) {
+    return Error(ErrorCode::kInvalidArgument, "pinned public key is not 64 hex digits");
+  }
+  const std::string key_id = KeyIdOf(pub);
+
+  std::string canonical;
+  std::optional<json> signed_obj;
+  try {
+    json doc = json::parse(envelope);
+    if (!doc.is_object() || !doc.contains("signed") || !doc["signed"].is_object() ||
+        !doc.contains("signatures") || !doc["signatures"].is_array()) {
+      return Error(ErrorCode::kProtocol, "metadata envelope lacks signed/signatures");
+    }
+    // The bytes that were signed are rebuilt from the parsed object: whitespace or key order in
+    // transit does not matter, any change of content does.
+    canonical = doc["signed"].dump();
+    const Bytes msg = SignedBytes(canonical);
+    bool verified = false;
+    for (const json& sig : doc["signatures"]) {
+      if (!sig.is_object() || !sig.contains("keyid") || !sig["keyid"].is_string() ||
+          !sig.contains("sig") || !sig["sig"].is_string()) {
+        continue;
+      }
+      if (sig["keyid"].get<std::string>() != key_id) continue;
+      std::array<uint8_t, crypto_sign_BYTES> raw;
+      if (!DecodeHex(sig["sig"].get<std::string>(), raw)) continue;
+      if (crypto_sign_verify_detached(raw.data(), msg.data(), msg.size(), pub.data()) == 0) {
+        verified = true;
+        break;
+      }
+    }
+    if (!verified) {
+      return Error(ErrorCode::kBadSignature, "no valid signature by key " + key_id);
+    }
+    signed_obj = std::move(doc["signed"]);
+  } catch (const json::exception& e) {
+    return Error(ErrorCode::kProtocol, std::string("malformed metadata envelope: ") + e.what());
+  }
+
+  // Signed by the pinned key from here on; a bad shape now is the signer's protocol error.
+  const json& s = *signed_obj;
+  auto field = [&s](const char* name) -> const json* {
+    auto it = s.find(name);
+    return it == s.end() ? nullptr : &*it;
+  };
+  const json* type = field("_type");
+  const json* spec = field("spec_version");
+  const json* expires = field("expires");
+  const json* counter = field("counter");
+  if (type == nullptr || !type->is_string() || type->get<std::string>() != kMetadataType) {
+    return Error(ErrorCode::kProtocol, "metadata is not of type deltastream-release");
+  }
+  if (spec == nullptr || !spec->is_number_integer() || spec->get<int64_t>() != kSpecVersion) {
+    return Error(ErrorCode::kUnsupported, "metadata spec_version is not 1");
+  }
+  if (expires == nullptr || !expires->is_number_integer() || counter == nullptr ||
+      !counter->is_number_unsigned()) {
+    return Error(ErrorCode::kProtocol, "metadata lacks expires/counter");
+  }
+  if (now >= expires->get<int64_t>()) {
+    return Error(ErrorCode::kExpired, "metadata expired at " +
+                                          std::to_string(expires->get<int64_t>()) + " (now " +
+                                          std::to_string(now) + ")");
+  }
+  if (counter->get<uint64_t>() < min_counter) {
+    return Error(ErrorCode::kRollback, "metadata counter " +
+                                           std::to_string(counter->get<uint64_t>()) +
+                                           " is below the trusted " + std::to_string(min_counter));
+  }
+  return canonical;
+}
+
+}  // namespace ds::repo
