@@ -12,11 +12,11 @@ packages=(
   libzstd-dev liblzma-dev libdivsufsort-dev libssl-dev libcli11-dev
   # servers and clients: HTTP (Beast), catalog (SQLite), signatures (Ed25519), JSON, logging
   libboost1.81-dev libcurl4-openssl-dev libsqlitecpp-dev libsqlite3-dev libsodium-dev
-  nlohmann-json3-dev libspdlog-dev libfmt-dev
+  nlohmann-json3-dev
   # tests, fuzzing, benchmarks (the VCDIFF tests check interop with the real xdelta3)
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev xdelta3
 )
-bench_packages=(bsdiff zstd time curl ca-certificates bc python3)
+bench_packages=(bsdiff zstd time curl ca-certificates bc python3 wrk)
 
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=("${bench_packages[@]}")

@@ -56,7 +56,8 @@ int main(int argc, char** argv) {
 
   // Repository: the master server and its clients.
   app.set_config("--config", "",
-                 "Read options from a TOML/INI file (sections per subcommand, e.g. [serve])");
+                 "Read options from a TOML/INI file, one [section] per subcommand (e.g. [serve]); "
+                 "give it before the subcommand: deltastream --config FILE serve");
   ds::cli::ServeArgs serve;
   auto* sv = app.add_subcommand("serve", "Run the master repository (HTTP API under /v1)");
   sv->add_option("--data-dir", serve.data_dir, "Catalog, blobs and keys live here")

@@ -382,5 +382,65 @@ TEST_F(ServeTest, KillDuringUploadThenRestartIsConsistent) {
   EXPECT_NE(jobs["jobs"][0]["status"], "running");
 }
 
+// HTTPS from a config file: `deltastream --config FILE serve` with a [serve] section naming the
+// data directory, listen address and a self-signed certificate; the CLI trusts it with --ca-file.
+TEST(ServeConfigTest, HttpsFromConfigFile) {
+  TempDir dir;
+  const std::string gen =
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
+      "-nodes -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 "
+      "-days 1 -keyout '" +
+      dir.Join("k.pem") + "' -out '" + dir.Join("c.pem") + "' >/dev/null 2>&1";
+  ASSERT_EQ(std::system(gen.c_str()), 0) << gen;
+  const std::string data = dir.Join("data");
+  const std::string config = "[serve]\ndata-dir = \"" + data +
+                             "\"\nlisten = \"127.0.0.1:0\"\ntls-cert = \"" + dir.Join("c.pem") +
+                             "\"\ntls-key = \"" + dir.Join("k.pem") + "\"\nport-file = \"" +
+                             dir.Join("port") + "\"\ndelta-history = 1\n";
+  WriteFileOrDie(dir.Join("ds.toml"), testing::ToBytes(config));
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int log = ::open(dir.Join("server.log").c_str(), O_CREAT | O_WRONLY, 0644);
+    if (log >= 0) ::dup2(log, 2);
+    ::execl(DS_CLI_PATH, DS_CLI_PATH, "--config", dir.Join("ds.toml").c_str(), "serve",
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  struct Reaper {  // Stops the server however the test ends.
+    pid_t pid;
+    ~Reaper() {
+      if (pid > 0) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+      }
+    }
+  } reaper{pid};
+  std::string hostport;
+  for (int i = 0; i < 200 && hostport.empty(); ++i) {
+    Result<Bytes> b = ReadFile(dir.Join("port"));
+    if (b.ok()) hostport.assign(b->begin(), b->end());
+    if (hostport.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_FALSE(hostport.empty()) << "server did not start";
+  const std::string url = "https://" + hostport;
+  WriteFileOrDie(dir.Join("a1"), testing::RandomBytes(100000, 1));
+  RunResult p = RunCli(dir, {"publish", "-q", "--artifact", "tls-app", "--version", "1.0.0",
+                             dir.Join("a1"), "--server", url, "--token-file", data + "/admin.token",
+                             "--ca-file", dir.Join("c.pem")});
+  EXPECT_EQ(p.exit_code, 0) << p.err;
+  RunResult v =
+      RunCli(dir, {"versions", "tls-app", "--server", url, "--ca-file", dir.Join("c.pem")});
+  EXPECT_EQ(v.exit_code, 0) << v.err;
+  EXPECT_NE(v.out.find("1.0.0"), std::string::npos) << v.out;
+  // Without the CA the client refuses the certificate: a transport error (exit 58).
+  RunResult untrusted = RunCli(dir, {"versions", "tls-app", "--server", url});
+  EXPECT_EQ(untrusted.exit_code, static_cast<int>(ErrorCode::kUnavailable)) << untrusted.err;
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  reaper.pid = -1;
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 }  // namespace
 }  // namespace ds
