@@ -382,6 +382,44 @@ TEST_F(ServeTest, KillDuringUploadThenRestartIsConsistent) {
   EXPECT_NE(jobs["jobs"][0]["status"], "running");
 }
 
+TEST_F(ServeTest, KillDuringDeltaJobThenRestartRequeuesIt) {
+  // Versions big enough that the delta job runs for a while.
+  const Bytes a = testing::RandomBytes(12 << 20, 21);
+  Bytes b = a;
+  for (size_t i = 0; i < b.size(); i += 4099) b[i] ^= 0x33;
+  WriteFileOrDie(dir_.Join("a"), a);
+  WriteFileOrDie(dir_.Join("b"), b);
+  ASSERT_EQ(Cli({"publish", "-q", "--artifact", "big", "--version", "1.0.0", dir_.Join("a")})
+                .exit_code,
+            0);
+  ASSERT_EQ(Cli({"publish", "-q", "--artifact", "big", "--version", "1.0.1", dir_.Join("b")})
+                .exit_code,
+            0);
+  bool running = false;
+  for (int i = 0; i < 1000 && !running; ++i) {
+    const json jobs = json::parse(Get("/v1/jobs").body);
+    running = !jobs["jobs"].empty() && jobs["jobs"][0]["status"] == "running";
+    if (!running) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(running) << "the delta job never started";
+  server_->Stop(SIGKILL);
+  server_ = std::make_unique<ServerProcess>(data_, dir_.Join("server2.log"));
+  ASSERT_FALSE(server_->url().empty());
+  // The interrupted job is queued again and completes; the delta it makes is correct.
+  json job;
+  for (int i = 0; i < 1200; ++i) {
+    job = json::parse(Get("/v1/jobs").body)["jobs"][0];
+    if (job["status"] != "queued" && job["status"] != "running") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_EQ(job["status"], "ready") << job.dump();
+  EXPECT_EQ(job["attempts"], 2) << job.dump();
+  net::ClientResponse patch = Get(job["url"].get<std::string>());
+  Result<Bytes> rebuilt = delta::ApplyPatch(a, ToBytes(patch.body));
+  ASSERT_TRUE(rebuilt.ok()) << rebuilt.status().ToString();
+  EXPECT_TRUE(*rebuilt == b);
+}
+
 // HTTPS from a config file: `deltastream --config FILE serve` with a [serve] section naming the
 // data directory, listen address and a self-signed certificate; the CLI trusts it with --ca-file.
 TEST(ServeConfigTest, HttpsFromConfigFile) {
