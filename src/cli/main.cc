@@ -59,7 +59,21 @@ int main(int argc, char** argv) {
                  "Read options from a TOML/INI file, one [section] per subcommand (e.g. [serve]); "
                  "give it before the subcommand: deltastream --config FILE serve");
   ds::cli::ServeArgs serve;
-  auto* sv = app.add_subcommand("serve", "Run the master repository (HTTP API under /v1)");
+  auto* sv = app.add_subcommand(
+      "serve", "Run the master repository, or a proxy repository (HTTP API under /v1)");
+  sv->add_option("--role", serve.role,
+                 "master (catalog, jobs, signing) or proxy (read-only pull-through cache)")
+      ->check(CLI::IsMember({"master", "proxy"}))
+      ->capture_default_str();
+  sv->add_option("--upstream", serve.upstream,
+                 "Proxy: the master's or another proxy's URL (required for --role proxy)");
+  sv->add_option("--cache-max-mib", serve.cache_max_mib, "Proxy: cache size bound (LRU)")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 30))
+      ->capture_default_str();
+  sv->add_option("--proxy-ttl-ms", serve.proxy_ttl_ms,
+                 "Proxy: how long lists, latest and metadata are served from the cache")
+      ->check(CLI::Range(int64_t{0}, int64_t{86400000}))
+      ->capture_default_str();
   sv->add_option("--data-dir", serve.data_dir, "Catalog, blobs and keys live here")
       ->capture_default_str();
   sv->add_option("--listen", serve.listen, "host:port (port 0 = any free port)")

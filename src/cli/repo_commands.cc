@@ -15,6 +15,7 @@
 #include "common/hash.h"
 #include "net/http.h"
 #include "repo/master_api.h"
+#include "repo/proxy.h"
 #include "repo/repo.h"
 
 namespace ds::cli {
@@ -105,6 +106,53 @@ std::string Str(const json& j, const char* key) {
   return v.is_string() ? v.get<std::string>() : v.dump();
 }
 
+Status WritePortFile(const ServeArgs& args, const std::string& where) {
+  if (args.port_file.empty()) return Status::Ok();
+  return WriteFileAtomic(args.port_file,
+                         ByteView(reinterpret_cast<const uint8_t*>(where.data()), where.size()));
+}
+
+// The proxy role: no catalog, keys or tokens; the server and the pull-through cache only.
+Status RunProxy(const ServeArgs& args, const std::string& host, uint16_t port,
+                const sigset_t& stop) {
+  if (args.upstream.empty()) {
+    return Error(ErrorCode::kInvalidArgument, "--role proxy needs --upstream URL");
+  }
+  if (args.upstream.rfind("http://", 0) != 0 && args.upstream.rfind("https://", 0) != 0) {
+    return Error(ErrorCode::kInvalidArgument,
+                 "--upstream is an http:// or https:// URL, got '" + args.upstream + "'");
+  }
+  if (args.cache_max_mib == 0 || args.proxy_ttl_ms < 0) {
+    return Error(ErrorCode::kInvalidArgument, "--cache-max-mib > 0 and --proxy-ttl-ms >= 0");
+  }
+  net::ServerOptions so;
+  so.host = host;
+  so.port = port;
+  so.worker_threads = args.worker_threads;
+  so.tls_cert_path = args.tls_cert;
+  so.tls_key_path = args.tls_key;
+  net::Server server(so);
+  repo::ProxyOptions po;
+  po.upstream = args.upstream;
+  po.cache_dir = args.data_dir + "/cache";
+  po.cache_max_bytes = args.cache_max_mib << 20;
+  po.mutable_ttl_ms = args.proxy_ttl_ms;
+  DS_ASSIGN_OR_RETURN(std::shared_ptr<repo::Proxy> proxy, repo::RegisterProxyApi(&server, po));
+  DS_RETURN_IF_ERROR(server.Start());
+  const std::string where = host + ":" + std::to_string(server.port());
+  std::fprintf(stderr,
+               "deltastream: proxy serving %s://%s, upstream %s (cache %s, at most %" PRIu64
+               " MiB)\n",
+               args.tls_cert.empty() ? "http" : "https", where.c_str(), args.upstream.c_str(),
+               po.cache_dir.c_str(), args.cache_max_mib);
+  DS_RETURN_IF_ERROR(WritePortFile(args, where));
+  int sig = 0;
+  sigwait(&stop, &sig);
+  std::fprintf(stderr, "deltastream: signal %d, stopping\n", sig);
+  server.Stop();
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status RunServe(const ServeArgs& args) {
@@ -120,6 +168,13 @@ Status RunServe(const ServeArgs& args) {
   DS_RETURN_IF_ERROR(ParseHostPort(args.listen, &host, &port));
   if (args.tls_cert.empty() != args.tls_key.empty()) {
     return Error(ErrorCode::kInvalidArgument, "--tls-cert and --tls-key go together");
+  }
+  if (args.role == "proxy") return RunProxy(args, host, port, stop);
+  if (args.role != "master") {
+    return Error(ErrorCode::kInvalidArgument, "--role is master or proxy, got '" + args.role + "'");
+  }
+  if (!args.upstream.empty()) {
+    return Error(ErrorCode::kInvalidArgument, "--upstream is for --role proxy");
   }
   repo::RepoOptions ro;
   ro.data_dir = args.data_dir;
@@ -160,10 +215,7 @@ Status RunServe(const ServeArgs& args) {
                "deltastream: metadata signing key id %s, public key %s\n",
                args.tls_cert.empty() ? "http" : "https", where.c_str(), args.data_dir.c_str(),
                repository->key_id().c_str(), repository->public_key_hex().c_str());
-  if (!args.port_file.empty()) {
-    DS_RETURN_IF_ERROR(WriteFileAtomic(
-        args.port_file, ByteView(reinterpret_cast<const uint8_t*>(where.data()), where.size())));
-  }
+  DS_RETURN_IF_ERROR(WritePortFile(args, where));
   int sig = 0;
   sigwait(&stop, &sig);
   std::fprintf(stderr, "deltastream: signal %d, stopping\n", sig);

@@ -12,6 +12,7 @@
 namespace ds::cli {
 
 struct ServeArgs {
+  std::string role = "master";  // "master" or "proxy".
   std::string data_dir = "deltastream-data";
   std::string listen = "127.0.0.1:8440";  // host:port; port 0 = ephemeral.
   std::string tls_cert, tls_key;
@@ -24,11 +25,16 @@ struct ServeArgs {
   bool require_read_token = false;
   uint64_t max_artifact_mib = 16384;
   int worker_threads = 8;
+  // Proxy role: the upstream (master or proxy) URL, the cache bound and the mutable TTL.
+  std::string upstream;
+  uint64_t cache_max_mib = 10240;
+  int64_t proxy_ttl_ms = 5000;
   // Written once the server listens: "host:port" (tests use it with port 0).
   std::string port_file;
 };
-// Runs until SIGINT or SIGTERM. On first start (no tokens in the catalog) creates an admin token
-// and writes it to <data_dir>/admin.token (0600).
+// Runs until SIGINT or SIGTERM. Proxy role: a read-only pull-through cache of --upstream under
+// <data_dir>/cache (no catalog, no keys, no tokens). Master role: on first start (no tokens in the
+// catalog) creates an admin token and writes it to <data_dir>/admin.token (0600).
 Status RunServe(const ServeArgs& args);
 
 struct KeygenArgs {

@@ -253,7 +253,7 @@ class WindowParser {
         continue;
       }
       // A literal byte.
-      Relax(p + 1, nd.cost + 1 + (nd.in_add ? 0 : 1), p, Kind::kNone, 0, 0, nd, nd.reps, nd.near,
+      Relax(p + 1, nd.cost + 1 + (nd.in_add ? 0 : 1), p, Kind::kNone, 0, 0, nd.reps, nd.near,
             nd.next_slot, true);
       Candidates(i, nd.reps, &cands_);
       Insert(i);
@@ -294,7 +294,7 @@ class WindowParser {
              len = len < all ? len + 1 : max_len + (len == max_len)) {
           const size_t inst = c.kind == Kind::kRun ? 1 + IntSize(len) : CopyInstCost(len);
           Relax(static_cast<uint32_t>(p + len), from.cost + static_cast<uint32_t>(inst + addr_cost),
-                p, c.kind, len, c.addr, from, reps, near, slot, false);
+                p, c.kind, len, c.addr, reps, near, slot, false);
           if (len == max_len) break;
         }
       }
@@ -304,8 +304,7 @@ class WindowParser {
   }
 
   void Relax(uint32_t to, uint32_t cost, uint32_t from, Kind kind, uint64_t len, uint64_t addr,
-             const Node& /*src*/, const int64_t* reps, const uint64_t* near, uint32_t next_slot,
-             bool in_add) {
+             const int64_t* reps, const uint64_t* near, uint32_t next_slot, bool in_add) {
     Node& nd = nodes_[to];
     if (cost >= nd.cost) return;
     nd.cost = cost;

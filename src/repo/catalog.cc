@@ -78,12 +78,20 @@ CREATE TABLE metadata(
   envelope TEXT NOT NULL);
 )sql";
 
+// Schema version 2: the hex SHA-256 of each object's chunk map blob (docs/PROTOCOL.md); empty
+// until computed (rows from version 1 get theirs at the next Repository::Open).
+constexpr const char* kSchemaV1ToV2 = R"sql(
+ALTER TABLE versions ADD COLUMN chunk_map_sha256 TEXT NOT NULL DEFAULT '';
+ALTER TABLE deltas ADD COLUMN chunk_map_sha256 TEXT NOT NULL DEFAULT '';
+CREATE INDEX deltas_by_sha256 ON deltas(sha256);
+)sql";
+
 constexpr const char* kVersionColumns =
     "artifact, version, sha256, size, compressed_size, labels, dependencies, publisher, "
-    "created_at, seq";
+    "created_at, seq, chunk_map_sha256";
 constexpr const char* kDeltaColumns =
     "id, artifact, from_version, to_version, base_sha256, result_sha256, format, status, sha256, "
-    "size, gen_seconds, error, attempts, created_at, updated_at";
+    "size, gen_seconds, error, attempts, created_at, updated_at, chunk_map_sha256";
 
 DeltaStatus ParseStatus(const std::string& s) {
   if (s == "running") return DeltaStatus::kRunning;
@@ -110,6 +118,7 @@ VersionInfo ReadVersion(SQLite::Statement& q, int first = 0) {
   v.publisher = q.getColumn(first + 7).getString();
   v.created_at = q.getColumn(first + 8).getInt64();
   v.seq = U64(q.getColumn(first + 9));
+  v.chunk_map_sha256 = q.getColumn(first + 10).getString();
   return v;
 }
 
@@ -130,6 +139,7 @@ DeltaInfo ReadDelta(SQLite::Statement& q) {
   d.attempts = q.getColumn(12).getInt();
   d.created_at = q.getColumn(13).getInt64();
   d.updated_at = q.getColumn(14).getInt64();
+  d.chunk_map_sha256 = q.getColumn(15).getString();
   return d;
 }
 
@@ -196,7 +206,8 @@ Status Catalog::Migrate() {
                                               std::to_string(kSchemaVersion));
   }
   SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::IMMEDIATE);
-  db_->exec(kSchemaV1);
+  if (version < 1) db_->exec(kSchemaV1);
+  if (version < 2) db_->exec(kSchemaV1ToV2);
   db_->exec("PRAGMA user_version = " + std::to_string(kSchemaVersion));
   tx.commit();
   return Status::Ok();
@@ -214,7 +225,8 @@ Result<int> Catalog::RequeueRunning(int64_t now) {
 }
 
 Result<PublishResult> Catalog::Publish(const PublishRequest& req, const std::string& sha256,
-                                       uint64_t size, int64_t now, int delta_history) {
+                                       uint64_t size, int64_t now, int delta_history,
+                                       const std::string& chunk_map_sha256) {
   std::lock_guard lock(mu_);
   return Guard("publish", [&]() -> Result<PublishResult> {
     SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::IMMEDIATE);
@@ -255,7 +267,8 @@ Result<PublishResult> Catalog::Publish(const PublishRequest& req, const std::str
     {
       SQLite::Statement q(*db_,
                           "INSERT INTO versions(artifact, version, sha256, size, labels, "
-                          "dependencies, publisher, created_at, seq) VALUES(?,?,?,?,?,?,?,?,?)");
+                          "dependencies, publisher, created_at, seq, chunk_map_sha256) "
+                          "VALUES(?,?,?,?,?,?,?,?,?,?)");
       q.bind(1, req.artifact);
       q.bind(2, req.version);
       q.bind(3, sha256);
@@ -265,6 +278,7 @@ Result<PublishResult> Catalog::Publish(const PublishRequest& req, const std::str
       q.bind(7, req.publisher);
       q.bind(8, now);
       q.bind(9, seq);
+      q.bind(10, chunk_map_sha256);
       q.exec();
     }
     const std::vector<VersionInfo> ordered = LoadVersions(*db_, req.artifact);
@@ -438,7 +452,7 @@ Result<std::optional<JobClaim>> Catalog::ClaimJob(
 
 Status Catalog::FinishJob(int64_t id, DeltaStatus status, const std::string& sha256, uint64_t size,
                           double gen_seconds, const std::string& error, int max_attempts,
-                          int64_t now) {
+                          int64_t now, const std::string& chunk_map_sha256) {
   std::lock_guard lock(mu_);
   return Guard("finish job", [&]() -> Status {
     if (status == DeltaStatus::kFailed) {
@@ -454,15 +468,73 @@ Status Catalog::FinishJob(int64_t id, DeltaStatus status, const std::string& sha
     }
     SQLite::Statement q(*db_,
                         "UPDATE deltas SET status = ?, sha256 = ?, size = ?, gen_seconds = ?, "
-                        "error = '', updated_at = ? WHERE id = ?");
+                        "error = '', updated_at = ?, chunk_map_sha256 = ? WHERE id = ?");
     q.bind(1, DeltaStatusName(status));
     q.bind(2, sha256);
     q.bind(3, static_cast<int64_t>(size));
     q.bind(4, gen_seconds);
     q.bind(5, now);
-    q.bind(6, id);
+    q.bind(6, chunk_map_sha256);
+    q.bind(7, id);
     q.exec();
     return Status::Ok();
+  });
+}
+
+Result<std::vector<std::string>> Catalog::ObjectsWithoutChunkMap() {
+  std::lock_guard lock(mu_);
+  return Guard("objects without chunk map", [&]() -> Result<std::vector<std::string>> {
+    SQLite::Statement q(*db_,
+                        "SELECT sha256 FROM versions WHERE chunk_map_sha256 = '' UNION "
+                        "SELECT sha256 FROM deltas WHERE status = 'ready' AND "
+                        "chunk_map_sha256 = '' ORDER BY 1");
+    std::vector<std::string> out;
+    while (q.executeStep()) out.push_back(q.getColumn(0).getString());
+    return out;
+  });
+}
+
+Result<std::vector<std::string>> Catalog::SetChunkMap(const std::string& object_sha256,
+                                                      const std::string& chunk_map_sha256) {
+  std::lock_guard lock(mu_);
+  return Guard("set chunk map", [&]() -> Result<std::vector<std::string>> {
+    SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::IMMEDIATE);
+    std::vector<std::string> artifacts;
+    {
+      SQLite::Statement q(*db_,
+                          "SELECT artifact FROM versions WHERE sha256 = ?1 AND "
+                          "chunk_map_sha256 = '' UNION SELECT artifact FROM deltas WHERE "
+                          "sha256 = ?1 AND status = 'ready' AND chunk_map_sha256 = ''");
+      q.bind(1, object_sha256);
+      while (q.executeStep()) artifacts.push_back(q.getColumn(0).getString());
+    }
+    for (const char* sql :
+         {"UPDATE versions SET chunk_map_sha256 = ?1 WHERE sha256 = ?2 AND chunk_map_sha256 = ''",
+          "UPDATE deltas SET chunk_map_sha256 = ?1 WHERE sha256 = ?2 AND status = 'ready' AND "
+          "chunk_map_sha256 = ''"}) {
+      SQLite::Statement q(*db_, sql);
+      q.bind(1, chunk_map_sha256);
+      q.bind(2, object_sha256);
+      q.exec();
+    }
+    tx.commit();
+    return artifacts;
+  });
+}
+
+Result<std::string> Catalog::ChunkMapOf(const std::string& object_sha256) {
+  std::lock_guard lock(mu_);
+  return Guard("chunk map of", [&]() -> Result<std::string> {
+    SQLite::Statement q(*db_,
+                        "SELECT chunk_map_sha256 FROM versions WHERE sha256 = ?1 AND "
+                        "chunk_map_sha256 != '' UNION ALL SELECT chunk_map_sha256 FROM deltas "
+                        "WHERE sha256 = ?1 AND status = 'ready' AND chunk_map_sha256 != '' "
+                        "LIMIT 1");
+    q.bind(1, object_sha256);
+    if (!q.executeStep()) {
+      return Error(ErrorCode::kNotFound, "no streamable object " + object_sha256);
+    }
+    return q.getColumn(0).getString();
   });
 }
 

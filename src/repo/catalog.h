@@ -54,7 +54,7 @@ struct CatalogCounts {
 
 class Catalog {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   // Opens or creates the database at |path| and brings the schema to kSchemaVersion.
   static Result<std::unique_ptr<Catalog>> Open(const std::string& path);
@@ -65,8 +65,10 @@ class Catalog {
 
   // One transaction: records the version (or reports the existing one) and queues delta jobs
   // from up to |delta_history| versions just below it in version order.
+  // |chunk_map_sha256| is recorded with a new version.
   Result<PublishResult> Publish(const PublishRequest& req, const std::string& sha256, uint64_t size,
-                                int64_t now, int delta_history);
+                                int64_t now, int delta_history,
+                                const std::string& chunk_map_sha256 = "");
 
   Result<std::vector<std::string>> ListArtifacts();
   Result<std::vector<VersionInfo>> ListVersions(std::string_view artifact);  // Sorted.
@@ -85,8 +87,20 @@ class Catalog {
   Result<std::optional<JobClaim>> ClaimJob(const std::function<bool(uint64_t, uint64_t)>& fits,
                                            int64_t now);
   // Records a job's end. kFailed with attempts < |max_attempts| puts it back in the queue.
+  // |chunk_map_sha256| goes with a ready delta.
   Status FinishJob(int64_t id, DeltaStatus status, const std::string& sha256, uint64_t size,
-                   double gen_seconds, const std::string& error, int max_attempts, int64_t now);
+                   double gen_seconds, const std::string& error, int max_attempts, int64_t now,
+                   const std::string& chunk_map_sha256 = "");
+
+  // Chunk maps (docs/PROTOCOL.md). Objects (version artifacts, ready patches) whose rows lack a
+  // chunk map (rows from schema version 1), distinct hex SHA-256s.
+  Result<std::vector<std::string>> ObjectsWithoutChunkMap();
+  // Records |chunk_map_sha256| on every row of |object_sha256| that lacks one; returns the
+  // artifacts of the rows changed (their metadata needs re-signing).
+  Result<std::vector<std::string>> SetChunkMap(const std::string& object_sha256,
+                                               const std::string& chunk_map_sha256);
+  // The chunk map of a version's artifact or a ready patch; kNotFound when none has those bytes.
+  Result<std::string> ChunkMapOf(const std::string& object_sha256);
 
   Result<std::optional<MetadataRow>> GetMetadata(std::string_view artifact);
   // Stores |row| unless a row with a counter >= row.counter exists (the counter never

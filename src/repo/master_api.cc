@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "repo/stream_api.h"
+
 namespace ds::repo {
 namespace {
 
@@ -366,6 +368,8 @@ void RegisterMasterApi(net::Server* server, Repository* repo, const MasterApiOpt
                               net::UrlEncode(pr.version));
   };
   server->StreamRoute("PUT", "/v1/artifacts/{artifact}/versions/{version}", std::move(publish));
+
+  RegisterStreamApi(server, repo, options);
 }
 
 }  // namespace ds::repo

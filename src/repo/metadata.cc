@@ -130,19 +130,23 @@ Result<std::string> SignMetadata(const MetadataContent& content, const SigningKe
   try {
     json versions = json::array();
     for (const MetadataVersion& v : content.versions) {
-      versions.push_back(
-          {{"version", v.version}, {"length", v.length}, {"sha256", v.sha256}, {"seq", v.seq}});
+      json entry = {
+          {"version", v.version}, {"length", v.length}, {"sha256", v.sha256}, {"seq", v.seq}};
+      if (!v.chunk_map_sha256.empty()) entry["chunk_map_sha256"] = v.chunk_map_sha256;
+      versions.push_back(std::move(entry));
     }
     json deltas = json::array();
     for (const MetadataDelta& d : content.deltas) {
-      deltas.push_back({{"id", d.id},
-                        {"from", d.from},
-                        {"to", d.to},
-                        {"base_sha256", d.base_sha256},
-                        {"result_sha256", d.result_sha256},
-                        {"format", d.format},
-                        {"length", d.length},
-                        {"sha256", d.sha256}});
+      json entry = {{"id", d.id},
+                    {"from", d.from},
+                    {"to", d.to},
+                    {"base_sha256", d.base_sha256},
+                    {"result_sha256", d.result_sha256},
+                    {"format", d.format},
+                    {"length", d.length},
+                    {"sha256", d.sha256}};
+      if (!d.chunk_map_sha256.empty()) entry["chunk_map_sha256"] = d.chunk_map_sha256;
+      deltas.push_back(std::move(entry));
     }
     const json signed_obj = {{"_type", kMetadataType},         {"spec_version", kSpecVersion},
                              {"artifact", content.artifact},   {"counter", content.counter},

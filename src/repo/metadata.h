@@ -2,6 +2,7 @@
 // envelope that VerifyMetadata (repo.h) checks. The format is in docs/SECURITY.md; in short:
 //   signed    = {"_type":"deltastream-release","spec_version":1,"artifact","counter",
 //                "signed_at","expires","latest","versions":[...],"deltas":[...]}
+//               (each version and delta entry carries "chunk_map_sha256", docs/PROTOCOL.md)
 //   canonical = nlohmann::json dump() of |signed| without indentation (keys sorted)
 //   signature = Ed25519 over "deltastream-metadata-v1\n" + canonical
 //   envelope  = {"signed":{...},"signatures":[{"keyid":hex SHA-256 of the public key,"sig":hex}]}
@@ -33,11 +34,13 @@ Result<SigningKey> LoadOrCreateSigningKey(const std::string& path);
 struct MetadataVersion {
   std::string version, sha256;
   uint64_t length = 0, seq = 0;
+  std::string chunk_map_sha256;  // Signed when not empty (docs/PROTOCOL.md).
 };
 struct MetadataDelta {
   int64_t id = 0;
   std::string from, to, base_sha256, result_sha256, format, sha256;
   uint64_t length = 0;
+  std::string chunk_map_sha256;  // Signed when not empty (docs/PROTOCOL.md).
 };
 struct MetadataContent {
   std::string artifact;

@@ -62,6 +62,8 @@ struct VersionInfo {
   std::string publisher;                  // Token name that published it.
   int64_t created_at = 0;                 // Unix seconds.
   uint64_t seq = 0;                       // Publish order within the artifact (1, 2, ...).
+  // Hex SHA-256 of the artifact's chunk map (docs/PROTOCOL.md), itself a blob.
+  std::string chunk_map_sha256;
 };
 
 enum class DeltaStatus { kQueued, kRunning, kReady, kNotWorth, kFailed };
@@ -81,6 +83,7 @@ struct DeltaInfo {
   std::string error;  // When failed.
   int64_t created_at = 0, updated_at = 0;
   int attempts = 0;
+  std::string chunk_map_sha256;  // Of the patch's chunk map blob (set when ready).
 };
 
 struct PublishRequest {
@@ -168,6 +171,12 @@ class Repository {
   virtual std::string key_id() const = 0;
 
   virtual Result<BlobRef> OpenBlob(std::string_view sha256) = 0;
+  // Hex SHA-256 of the chunk map of a stored object (a version's artifact or a ready delta's
+  // patch), named by the object's hex SHA-256. kNotFound when no version or ready delta has those
+  // bytes; kUnsupported for a repository that keeps no chunk maps.
+  virtual Result<std::string> ChunkMapOf(std::string_view object_sha256) {
+    return Error(ErrorCode::kUnsupported, "this repository keeps no chunk maps");
+  }
 
   // Tokens are stored as SHA-256 hashes; the plaintext is returned once.
   virtual Result<std::string> CreateToken(std::string_view name, TokenScope scope) = 0;

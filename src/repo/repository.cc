@@ -13,6 +13,7 @@
 #include <ctime>
 #include <filesystem>
 #include <mutex>
+#include <set>
 #include <system_error>
 #include <thread>
 
@@ -24,6 +25,7 @@
 #include "repo/catalog.h"
 #include "repo/metadata.h"
 #include "repo/repo.h"
+#include "stream/stream.h"
 
 namespace ds::repo {
 namespace {
@@ -152,6 +154,7 @@ struct JobOutcome {
   std::string sha256;
   uint64_t size = 0;
   double gen_seconds = 0;
+  std::string chunk_map_sha256;
 };
 
 class RepositoryImpl : public Repository {
@@ -183,9 +186,12 @@ class RepositoryImpl : public Repository {
     DS_RETURN_IF_ERROR(ValidateArtifactName(req.artifact));
     DS_RETURN_IF_ERROR(ValidateVersion(req.version));
     DS_ASSIGN_OR_RETURN(BlobRef blob, blobs_->Find(sha256));
-    DS_ASSIGN_OR_RETURN(
-        PublishResult result,
-        catalog_->Publish(req, sha256, blob.size, NowSeconds(), options_.delta_history));
+    // The chunk map blob exists before the catalog row that names it.
+    DS_ASSIGN_OR_RETURN(stream::ChunkMap map, stream::BuildChunkMap(blob.path));
+    DS_ASSIGN_OR_RETURN(std::string chunk_map_sha256, blobs_->Put(map.Serialize()));
+    DS_ASSIGN_OR_RETURN(PublishResult result,
+                        catalog_->Publish(req, sha256, blob.size, NowSeconds(),
+                                          options_.delta_history, chunk_map_sha256));
     // Also on an idempotent republish: if the first attempt failed after its catalog commit
     // (e.g. disk full while signing), the retry brings the metadata up to date.
     DS_RETURN_IF_ERROR(Resign(req.artifact).status());
@@ -247,6 +253,30 @@ class RepositoryImpl : public Repository {
   std::string key_id() const override { return key_.key_id; }
 
   Result<BlobRef> OpenBlob(std::string_view sha256) override { return blobs_->Find(sha256); }
+
+  Result<std::string> ChunkMapOf(std::string_view object_sha256) override {
+    if (!IsSha256Hex(object_sha256)) {
+      return Error(ErrorCode::kInvalidArgument, "an object is named by 64 lower-case hex digits");
+    }
+    return catalog_->ChunkMapOf(std::string(object_sha256));
+  }
+
+  // Rows written before chunk maps existed (catalog schema 1) get theirs here, before anything
+  // is served; their artifacts' metadata is re-signed to include them. One read of each object.
+  Status BackfillChunkMaps() {
+    DS_ASSIGN_OR_RETURN(std::vector<std::string> objects, catalog_->ObjectsWithoutChunkMap());
+    std::set<std::string> artifacts;
+    for (const std::string& sha : objects) {
+      DS_ASSIGN_OR_RETURN(BlobRef blob, blobs_->Find(sha));
+      DS_ASSIGN_OR_RETURN(stream::ChunkMap map, stream::BuildChunkMap(blob.path));
+      DS_ASSIGN_OR_RETURN(std::string chunk_map_sha256, blobs_->Put(map.Serialize()));
+      DS_ASSIGN_OR_RETURN(std::vector<std::string> changed,
+                          catalog_->SetChunkMap(sha, chunk_map_sha256));
+      artifacts.insert(changed.begin(), changed.end());
+    }
+    for (const std::string& artifact : artifacts) DS_RETURN_IF_ERROR(Resign(artifact).status());
+    return Status::Ok();
+  }
 
   Result<std::string> CreateToken(std::string_view name, TokenScope scope) override {
     if (name.empty() || name.size() > kMaxTokenNameLength ||
@@ -395,7 +425,8 @@ class RepositoryImpl : public Repository {
     Status s;
     if (outcome.ok()) {
       s = catalog_->FinishJob(d.id, outcome->status, outcome->sha256, outcome->size,
-                              outcome->gen_seconds, "", kMaxJobAttempts, NowSeconds());
+                              outcome->gen_seconds, "", kMaxJobAttempts, NowSeconds(),
+                              outcome->chunk_map_sha256);
     } else {
       s = catalog_->FinishJob(d.id, DeltaStatus::kFailed, "", 0, 0, outcome.status().ToString(),
                               kMaxJobAttempts, NowSeconds());
@@ -442,6 +473,8 @@ class RepositoryImpl : public Repository {
         return out;
       }
       DS_ASSIGN_OR_RETURN(out.sha256, blobs_->Put(patch));
+      DS_ASSIGN_OR_RETURN(stream::ChunkMap map, stream::BuildChunkMap(ByteView(patch)));
+      DS_ASSIGN_OR_RETURN(out.chunk_map_sha256, blobs_->Put(map.Serialize()));
       out.status = DeltaStatus::kReady;
       return out;
     } catch (const std::exception& e) {  // std::bad_alloc from the generator, mostly.
@@ -464,12 +497,12 @@ class RepositoryImpl : public Repository {
     content.expires = content.signed_at + options_.metadata_ttl_seconds;
     if (!versions.empty()) content.latest = versions.back().version;
     for (const VersionInfo& v : versions) {
-      content.versions.push_back({v.version, v.sha256, v.size, v.seq});
+      content.versions.push_back({v.version, v.sha256, v.size, v.seq, v.chunk_map_sha256});
     }
     for (const DeltaInfo& d : deltas) {
       if (d.status != DeltaStatus::kReady) continue;
       content.deltas.push_back({d.id, d.from_version, d.to_version, d.base_sha256, d.result_sha256,
-                                d.format, d.sha256, d.size});
+                                d.format, d.sha256, d.size, d.chunk_map_sha256});
     }
     DS_ASSIGN_OR_RETURN(std::string envelope, SignMetadata(content, key_));
     MetadataRow row{content.counter, content.signed_at, content.expires, envelope};
@@ -521,6 +554,7 @@ Result<std::unique_ptr<Repository>> Repository::Open(const RepoOptions& options)
   DS_ASSIGN_OR_RETURN(SigningKey key, LoadOrCreateSigningKey(key_path));
   auto repo = std::make_unique<RepositoryImpl>(options, std::move(lock), std::move(blobs),
                                                std::move(catalog), std::move(key));
+  DS_RETURN_IF_ERROR(repo->BackfillChunkMaps());
   if (options.start_workers) repo->StartWorkers();
   return std::unique_ptr<Repository>(std::move(repo));
 }

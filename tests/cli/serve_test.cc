@@ -225,7 +225,8 @@ TEST_F(ServeTest, PublishThreeVersionsDeltasAppearSignaturesVerify) {
 
   // Tampering: any change to the signed part fails verification.
   const std::string envelope = Get("/v1/artifacts/app/metadata").body;
-  const std::string key = std::string(ReadFileOrDie(pub).begin(), ReadFileOrDie(pub).end());
+  const Bytes key_bytes = ReadFileOrDie(pub);
+  const std::string key(key_bytes.begin(), key_bytes.end());
   const int64_t now = std::time(nullptr);
   ASSERT_TRUE(repo::VerifyMetadata(envelope, key.substr(0, 64), now, 0).ok());
   json tampered = json::parse(envelope);

@@ -87,7 +87,8 @@ TEST(CrashTest, KilledMidUploadLeavesNoTraceAfterReopen) {
   ASSERT_TRUE(versions.ok());
   ASSERT_EQ(versions->size(), 2u);
   EXPECT_EQ(versions->back().version, "1.1.0");
-  EXPECT_EQ(FilesUnder(data + "/blobs").size(), 2u);  // v1 and v2; nothing of v3.
+  // v1 and v2 and their chunk maps; nothing of v3.
+  EXPECT_EQ(FilesUnder(data + "/blobs").size(), 4u);
   EXPECT_EQ(CodeOf(repo->OpenBlob(ToHex(Sha256::Of(v3)))), ErrorCode::kNotFound);
   ExpectBlobsIntact(data);
   // The catalog is usable: the job queued by the child runs, v3 can be published.

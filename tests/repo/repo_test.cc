@@ -266,7 +266,8 @@ TEST(RepoTest, IdenticalBlobsAreStoredOnce) {
   ASSERT_TRUE(PublishBytes(repo.get(), "a", "1.0.0", data).ok());
   ASSERT_TRUE(PublishBytes(repo.get(), "b", "1.0.0", data).ok());
   ASSERT_TRUE(PublishBytes(repo.get(), "a", "1.0.1", data).ok());  // Same bytes, new version.
-  EXPECT_EQ(FilesUnder(dir.Join("blobs")).size(), 1u);
+  // The artifact and its chunk map (docs/PROTOCOL.md), each once.
+  EXPECT_EQ(FilesUnder(dir.Join("blobs")).size(), 2u);
   Result<std::vector<DeltaInfo>> deltas = repo->ListDeltas("a", std::nullopt, std::nullopt);
   ASSERT_TRUE(deltas.ok());
   EXPECT_TRUE(deltas->empty());  // No delta between identical bytes.
@@ -409,7 +410,8 @@ TEST(RepoTest, UnrelatedNewVersionIsNotWorthADelta) {
   EXPECT_EQ(d.status, DeltaStatus::kNotWorth);
   EXPECT_GT(d.size, 0u);
   EXPECT_TRUE(d.sha256.empty());
-  EXPECT_EQ(FilesUnder(dir.Join("blobs")).size(), 2u);  // The patch was not kept.
+  // Two artifacts and their chunk maps: the patch (and any chunk map of it) was not kept.
+  EXPECT_EQ(FilesUnder(dir.Join("blobs")).size(), 4u);
   EXPECT_EQ(repo->GetMetrics().deltas_not_worth, 1u);
   Result<std::string> metadata = repo->SignedMetadata("noise");
   ASSERT_TRUE(metadata.ok());
