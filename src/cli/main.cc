@@ -102,6 +102,9 @@ int main(int argc, char** argv) {
                "Reads need a token too (default: reads are open)");
   sv->add_option("--max-artifact-mib", serve.max_artifact_mib, "Largest artifact accepted")
       ->capture_default_str();
+  sv->add_option("--io-threads", serve.io_threads, "Network I/O threads (0 = one per core)")
+      ->check(CLI::Range(0, 64))
+      ->capture_default_str();
   sv->add_option("--threads", serve.worker_threads, "Request handler threads")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -129,6 +130,9 @@ Status RunProxy(const ServeArgs& args, const std::string& host, uint16_t port,
   so.host = host;
   so.port = port;
   so.worker_threads = args.worker_threads;
+  so.io_threads = args.io_threads > 0
+                      ? args.io_threads
+                      : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   so.tls_cert_path = args.tls_cert;
   so.tls_key_path = args.tls_key;
   net::Server server(so);
@@ -199,6 +203,9 @@ Status RunServe(const ServeArgs& args) {
   so.host = host;
   so.port = port;
   so.worker_threads = args.worker_threads;
+  so.io_threads = args.io_threads > 0
+                      ? args.io_threads
+                      : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   so.tls_cert_path = args.tls_cert;
   so.tls_key_path = args.tls_key;
   so.max_stream_body_bytes = args.max_artifact_mib << 20;

@@ -25,6 +25,7 @@ struct ServeArgs {
   bool require_read_token = false;
   uint64_t max_artifact_mib = 16384;
   int worker_threads = 8;
+  int io_threads = 0;  // Network I/O threads; 0 = one per core.
   // Proxy role: the upstream (master or proxy) URL, the cache bound and the mutable TTL.
   std::string upstream;
   uint64_t cache_max_mib = 10240;

@@ -390,12 +390,12 @@ TEST_F(ServeTest, KillDuringDeltaJobThenRestartRequeuesIt) {
   for (size_t i = 0; i < b.size(); i += 4099) b[i] ^= 0x33;
   WriteFileOrDie(dir_.Join("a"), a);
   WriteFileOrDie(dir_.Join("b"), b);
-  ASSERT_EQ(Cli({"publish", "-q", "--artifact", "big", "--version", "1.0.0", dir_.Join("a")})
-                .exit_code,
-            0);
-  ASSERT_EQ(Cli({"publish", "-q", "--artifact", "big", "--version", "1.0.1", dir_.Join("b")})
-                .exit_code,
-            0);
+  ASSERT_EQ(
+      Cli({"publish", "-q", "--artifact", "big", "--version", "1.0.0", dir_.Join("a")}).exit_code,
+      0);
+  ASSERT_EQ(
+      Cli({"publish", "-q", "--artifact", "big", "--version", "1.0.1", dir_.Join("b")}).exit_code,
+      0);
   bool running = false;
   for (int i = 0; i < 1000 && !running; ++i) {
     const json jobs = json::parse(Get("/v1/jobs").body);
