@@ -12,6 +12,7 @@
 #include "common/fs.h"
 #include "common/hash.h"
 #include "delta/delta.h"
+#include "support/process_util.h"
 #include "support/test_util.h"
 
 #ifndef DS_CLI_PATH
@@ -25,43 +26,10 @@ using testing::ReadFileOrDie;
 using testing::TempDir;
 using testing::WriteFileOrDie;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out, err;
-};
+using testing::RunResult;
 
-// Runs the binary with |args|; stdout and stderr are captured through files in |dir|.
 RunResult RunCli(const TempDir& dir, const std::vector<std::string>& args) {
-  const std::string out_path = dir.Join(".stdout"), err_path = dir.Join(".stderr");
-  std::vector<std::string> argv_storage = {DS_CLI_PATH};
-  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : argv_storage) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int out = ::open(out_path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
-    const int err = ::open(err_path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
-    const int null_in = ::open("/dev/null", O_RDONLY);
-    if (out < 0 || err < 0 || null_in < 0) ::_exit(125);
-    ::dup2(null_in, 0);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  RunResult r;
-  int status = 0;
-  EXPECT_GT(pid, 0);
-  EXPECT_EQ(::waitpid(pid, &status, 0), pid);
-  EXPECT_TRUE(WIFEXITED(status)) << "the CLI must exit, not die by a signal";
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  const Bytes out = ReadFileOrDie(out_path), err = ReadFileOrDie(err_path);
-  r.out.assign(out.begin(), out.end());
-  r.err.assign(err.begin(), err.end());
-  ::unlink(out_path.c_str());
-  ::unlink(err_path.c_str());
-  return r;
+  return testing::RunProgram(DS_CLI_PATH, dir, args);
 }
 
 class CliTest : public ::testing::Test {

@@ -22,6 +22,7 @@
 #include "common/hash.h"
 #include "net/http.h"
 #include "repo/repo.h"
+#include "support/process_util.h"
 #include "support/test_util.h"
 
 #ifndef DS_CLI_PATH
@@ -36,90 +37,18 @@ using testing::ReadFileOrDie;
 using testing::TempDir;
 using testing::WriteFileOrDie;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out, err;
-};
+using testing::RunResult;
 
-// Runs the CLI to completion with stdout/stderr captured in |dir|.
 RunResult RunCli(const TempDir& dir, const std::vector<std::string>& args) {
-  const std::string out_path = dir.Join(".stdout"), err_path = dir.Join(".stderr");
-  std::vector<std::string> storage = {DS_CLI_PATH};
-  storage.insert(storage.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : storage) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int out = ::open(out_path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
-    const int err = ::open(err_path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
-    if (out < 0 || err < 0) ::_exit(125);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  RunResult r;
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  const Bytes out = ReadFileOrDie(out_path), err = ReadFileOrDie(err_path);
-  r.out.assign(out.begin(), out.end());
-  r.err.assign(err.begin(), err.end());
-  return r;
+  return testing::RunProgram(DS_CLI_PATH, dir, args);
 }
 
-// A `deltastream serve` child process on an ephemeral port; |extra| are more serve options
-// (e.g. --role proxy --upstream URL).
-class ServerProcess {
+// `deltastream serve` on an ephemeral port (support/process_util.h).
+class ServerProcess : public testing::ServerProcess {
  public:
   ServerProcess(const std::string& data_dir, const std::string& log_path,
-                std::vector<std::string> extra = {}) {
-    port_file_ = data_dir + ".port";
-    ::unlink(port_file_.c_str());
-    std::vector<std::string> storage = {DS_CLI_PATH, "serve",       "--data-dir",  data_dir,
-                                        "--listen",  "127.0.0.1:0", "--port-file", port_file_};
-    storage.insert(storage.end(), extra.begin(), extra.end());
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      std::vector<char*> argv;
-      for (std::string& a : storage) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      const int log = ::open(log_path.c_str(), O_CREAT | O_APPEND | O_WRONLY, 0644);
-      if (log >= 0) {
-        ::dup2(log, 1);
-        ::dup2(log, 2);
-      }
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    for (int i = 0; i < 200; ++i) {
-      Result<Bytes> b = ReadFile(port_file_);
-      if (b.ok() && !b->empty()) {
-        url_ = "http://" + std::string(b->begin(), b->end());
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    ADD_FAILURE() << "server did not start; log: " << log_path;
-  }
-  ~ServerProcess() { Stop(SIGTERM); }
-
-  void Stop(int sig) {
-    if (pid_ <= 0) return;
-    ::kill(pid_, sig);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    if (sig == SIGTERM) {
-      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "clean shutdown";
-    }
-    pid_ = -1;
-  }
-  const std::string& url() const { return url_; }
-
- private:
-  pid_t pid_ = -1;
-  std::string port_file_, url_;
+                std::vector<std::string> extra = {})
+      : testing::ServerProcess(DS_CLI_PATH, data_dir, log_path, std::move(extra)) {}
 };
 
 net::ClientResponse GetUrl(const std::string& url,
