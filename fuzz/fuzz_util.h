@@ -148,6 +148,15 @@ class CappedSink : public delta::OutputSink {
   uint64_t cap_;
 };
 
+// The size of the next piece of a patch pushed in pieces: mostly tiny (inside headers),
+// sometimes empty, sometimes large; at most |left|. |rng| is the caller's generator state.
+inline size_t NextPieceSize(uint32_t* rng, size_t left) {
+  *rng = *rng * 1664525u + 1013904223u;
+  const uint32_t r = *rng >> 16;
+  const size_t n = (r & 3) == 0 ? 0 : (r & 3) == 1 ? 1 + (r >> 2) % 8 : 1 + (r >> 2) % 512;
+  return n < left ? n : left;
+}
+
 }  // namespace ds::fuzz
 
 #endif  // DELTASTREAM_FUZZ_FUZZ_UTIL_H_

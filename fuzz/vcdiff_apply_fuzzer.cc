@@ -32,14 +32,8 @@ Run ApplyChunked(const ds::fuzz::ApplyInput& in, const ApplyLimits& limits, bool
   uint32_t rng = 0x9e3779b9u ^ in.chunk_seed;
   size_t pos = 0;
   while (pos < in.patch.size() && run.status.ok()) {
-    size_t n = in.patch.size() - pos;
-    if (chunked) {
-      rng = rng * 1664525u + 1013904223u;
-      const uint32_t r = rng >> 16;
-      // Mostly tiny pieces (inside headers), sometimes empty, sometimes large.
-      n = (r & 3) == 0 ? 0 : (r & 3) == 1 ? 1 + (r >> 2) % 8 : 1 + (r >> 2) % 512;
-      if (n > in.patch.size() - pos) n = in.patch.size() - pos;
-    }
+    const size_t left = in.patch.size() - pos;
+    const size_t n = chunked ? ds::fuzz::NextPieceSize(&rng, left) : left;
     run.status = applier.Write(in.patch.subspan(pos, n));
     pos += n;
   }

@@ -43,6 +43,20 @@ Status ParseHostPort(const std::string& listen, std::string* host, uint16_t* por
   return Status::Ok();
 }
 
+// The listener and thread settings both roles share.
+net::ServerOptions ServerOptionsFor(const ServeArgs& args, const std::string& host, uint16_t port) {
+  net::ServerOptions so;
+  so.host = host;
+  so.port = port;
+  so.worker_threads = args.worker_threads;
+  so.io_threads = args.io_threads > 0
+                      ? args.io_threads
+                      : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  so.tls_cert_path = args.tls_cert;
+  so.tls_key_path = args.tls_key;
+  return so;
+}
+
 std::string Trim(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
   size_t i = 0;
@@ -126,15 +140,7 @@ Status RunProxy(const ServeArgs& args, const std::string& host, uint16_t port,
   if (args.cache_max_mib == 0 || args.proxy_ttl_ms < 0) {
     return Error(ErrorCode::kInvalidArgument, "--cache-max-mib > 0 and --proxy-ttl-ms >= 0");
   }
-  net::ServerOptions so;
-  so.host = host;
-  so.port = port;
-  so.worker_threads = args.worker_threads;
-  so.io_threads = args.io_threads > 0
-                      ? args.io_threads
-                      : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  so.tls_cert_path = args.tls_cert;
-  so.tls_key_path = args.tls_key;
+  net::ServerOptions so = ServerOptionsFor(args, host, port);
   net::Server server(so);
   repo::ProxyOptions po;
   po.upstream = args.upstream;
@@ -199,15 +205,7 @@ Status RunServe(const ServeArgs& args) {
     std::fprintf(stderr, "deltastream: first start: admin token written to %s\n", path.c_str());
   }
 
-  net::ServerOptions so;
-  so.host = host;
-  so.port = port;
-  so.worker_threads = args.worker_threads;
-  so.io_threads = args.io_threads > 0
-                      ? args.io_threads
-                      : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  so.tls_cert_path = args.tls_cert;
-  so.tls_key_path = args.tls_key;
+  net::ServerOptions so = ServerOptionsFor(args, host, port);
   so.max_stream_body_bytes = args.max_artifact_mib << 20;
   net::Server server(so);
   repo::MasterApiOptions mo;
