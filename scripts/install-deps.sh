@@ -15,6 +15,10 @@ packages=(
   nlohmann-json3-dev
   # tests, fuzzing, benchmarks (the VCDIFF tests check interop with the real xdelta3)
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev xdelta3
+  # an HTTP cache in front of a proxy (tests/cli/proxy_nginx_test.cc runs the real nginx)
+  nginx-light
+  # network lab for the agent tests: namespaces and tc shaping (iproute2), packet loss (nftables)
+  iproute2 nftables
 )
 bench_packages=(bsdiff zstd time curl ca-certificates bc python3 wrk)
 

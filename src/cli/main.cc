@@ -74,6 +74,26 @@ int main(int argc, char** argv) {
                  "Proxy: how long lists, latest and metadata are served from the cache")
       ->check(CLI::Range(int64_t{0}, int64_t{86400000}))
       ->capture_default_str();
+  sv->add_option("--ondemand-workers", serve.ondemand_workers,
+                 "Proxy: workers making deltas the upstream lacks (0 = never)")
+      ->check(CLI::Range(0, 64))
+      ->capture_default_str();
+  sv->add_option("--ondemand-queue", serve.ondemand_queue,
+                 "Proxy: on-demand delta jobs that may wait (more: 503 + Retry-After)")
+      ->check(CLI::Range(uint64_t{0}, uint64_t{100000}))
+      ->capture_default_str();
+  sv->add_option("--ondemand-memory-mib", serve.ondemand_memory_mib,
+                 "Proxy: memory budget of on-demand delta jobs")
+      ->capture_default_str();
+  sv->add_option("--store", serve.store,
+                 "Proxy: keep full artifacts and deltas (both), full artifacts only (full), or "
+                 "deltas and every --keyframe-every-th version, rebuilding the others (delta)")
+      ->check(CLI::IsMember({"both", "full", "delta"}))
+      ->capture_default_str();
+  sv->add_option("--keyframe-every", serve.keyframe_every,
+                 "Proxy, --store delta: keep every Nth version in full")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
   sv->add_option("--data-dir", serve.data_dir, "Catalog, blobs and keys live here")
       ->capture_default_str();
   sv->add_option("--listen", serve.listen, "host:port (port 0 = any free port)")

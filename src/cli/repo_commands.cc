@@ -147,14 +147,20 @@ Status RunProxy(const ServeArgs& args, const std::string& host, uint16_t port,
   po.cache_dir = args.data_dir + "/cache";
   po.cache_max_bytes = args.cache_max_mib << 20;
   po.mutable_ttl_ms = args.proxy_ttl_ms;
+  po.ondemand_workers = args.ondemand_workers;
+  po.ondemand_queue = args.ondemand_queue;
+  po.ondemand_memory_budget = args.ondemand_memory_mib << 20;
+  DS_ASSIGN_OR_RETURN(po.store, repo::ParseStorePolicy(args.store));
+  po.keyframe_every = args.keyframe_every;
   DS_ASSIGN_OR_RETURN(std::shared_ptr<repo::Proxy> proxy, repo::RegisterProxyApi(&server, po));
   DS_RETURN_IF_ERROR(server.Start());
   const std::string where = host + ":" + std::to_string(server.port());
   std::fprintf(stderr,
                "deltastream: proxy serving %s://%s, upstream %s (cache %s, at most %" PRIu64
-               " MiB)\n",
+               " MiB; store %s; %d on-demand delta workers)\n",
                args.tls_cert.empty() ? "http" : "https", where.c_str(), args.upstream.c_str(),
-               po.cache_dir.c_str(), args.cache_max_mib);
+               po.cache_dir.c_str(), args.cache_max_mib, repo::StorePolicyName(po.store),
+               po.ondemand_workers);
   DS_RETURN_IF_ERROR(WritePortFile(args, where));
   int sig = 0;
   sigwait(&stop, &sig);
@@ -185,6 +191,9 @@ Status RunServe(const ServeArgs& args) {
   }
   if (!args.upstream.empty()) {
     return Error(ErrorCode::kInvalidArgument, "--upstream is for --role proxy");
+  }
+  if (args.store != "both") {
+    return Error(ErrorCode::kInvalidArgument, "--store is for --role proxy");
   }
   repo::RepoOptions ro;
   ro.data_dir = args.data_dir;

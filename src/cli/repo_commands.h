@@ -30,6 +30,13 @@ struct ServeArgs {
   std::string upstream;
   uint64_t cache_max_mib = 10240;
   int64_t proxy_ttl_ms = 5000;
+  // Proxy role: on-demand delta jobs (0 workers = none), waiting jobs at most, memory budget.
+  int ondemand_workers = 1;
+  uint64_t ondemand_queue = 16;
+  uint64_t ondemand_memory_mib = 4096;
+  // Proxy role: storage policy (both, full, delta) and the keyframe interval of "delta".
+  std::string store = "both";
+  int keyframe_every = 8;
   // Written once the server listens: "host:port" (tests use it with port 0).
   std::string port_file;
 };

@@ -67,6 +67,12 @@ std::string_view ErrorCodeName(ErrorCode code) {
       return "protocol";
     case ErrorCode::kPatchOutputMismatch:
       return "patch_output_mismatch";
+    case ErrorCode::kHealthCheck:
+      return "health_check";
+    case ErrorCode::kDeferred:
+      return "deferred";
+    case ErrorCode::kBusy:
+      return "busy";
   }
   return "unknown";
 }

@@ -54,6 +54,10 @@ enum class ErrorCode : uint16_t {
   kTooLarge = 57,          // A request or body exceeds the configured limit (HTTP 413).
   kUnavailable = 58,       // Peer unreachable, timed out or overloaded; retry later (HTTP 503).
   kProtocol = 59,          // A peer sent a malformed or unexpected response.
+  // Device agent.
+  kHealthCheck = 70,  // The installed version failed its health check (it was rolled back).
+  kDeferred = 71,     // The delta path failed and the fallback policy is "defer".
+  kBusy = 72,         // Another agent holds the state directory.
 };
 
 // Short stable name of a code, e.g. "patch_checksum".

@@ -140,12 +140,17 @@ struct ClientOptions {
   std::string ca_file;       // Extra trust anchor for HTTPS (e.g. a self-signed server).
   int64_t connect_timeout_ms = 10000;
   int64_t low_speed_timeout_ms = 60000;  // Abort when < 1 byte/s for this long.
+  // Largest body Get/Send keep in memory; a longer answer fails with kTooLarge (0: no limit).
+  uint64_t max_body_bytes = 0;
 };
 
 struct ClientResponse {
   int status = 0;
   std::vector<std::pair<std::string, std::string>> headers;  // Names lower-case.
   std::string body;
+  // Seconds from the start of the request to the first response byte, and to the last.
+  double first_byte_seconds = 0;
+  double total_seconds = 0;
   std::string_view Header(std::string_view name) const;
 };
 
@@ -166,6 +171,12 @@ class Client {
                              const std::vector<std::pair<std::string, std::string>>& headers = {});
   Result<ClientResponse> Send(const std::string& method, const std::string& url, std::string body,
                               const std::vector<std::pair<std::string, std::string>>& headers = {});
+  // A GET whose 2xx body goes to |on_data| piece by piece as it arrives (the body is not kept);
+  // an error from |on_data| aborts the transfer and is returned. A non-2xx body is kept in the
+  // response (its first MiB).
+  Result<ClientResponse> GetStream(
+      const std::string& url, const std::function<Status(ByteView)>& on_data,
+      const std::vector<std::pair<std::string, std::string>>& headers = {});
   // Uploads a file as the request body, streamed from disk.
   Result<ClientResponse> UploadFile(const std::string& method, const std::string& url,
                                     const std::string& path,

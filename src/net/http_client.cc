@@ -50,6 +50,9 @@ struct Transfer {
   Status callback_error;  // Why a callback aborted the transfer.
   const Progress* progress = nullptr;
   bool uploading = false;
+  uint64_t max_body = 0;  // For in-memory bodies; 0: no limit.
+  // Streamed body (GetStream); like |download|, only for a 2xx answer.
+  const std::function<Status(ByteView)>* stream = nullptr;
 };
 
 size_t OnHeader(char* data, size_t size, size_t n, void* user) {
@@ -73,22 +76,29 @@ size_t OnHeader(char* data, size_t size, size_t n, void* user) {
 size_t OnWrite(char* data, size_t size, size_t n, void* user) {
   auto* t = static_cast<Transfer*>(user);
   const size_t bytes = size * n;
-  if (t->download != nullptr && !t->download_decided) {
+  if ((t->download != nullptr || t->stream != nullptr) && !t->download_decided) {
     long code = 0;  // NOLINT(runtime/int): curl's type.
     curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &code);
     t->to_file = code >= 200 && code < 300;
     t->download_decided = true;
   }
   if (t->to_file) {
-    Status s = t->download->Append(ByteView(reinterpret_cast<const uint8_t*>(data), bytes));
+    const ByteView piece(reinterpret_cast<const uint8_t*>(data), bytes);
+    Status s = t->stream != nullptr ? (*t->stream)(piece) : t->download->Append(piece);
     if (!s.ok()) {
       t->callback_error = std::move(s);
       return 0;  // Aborts the transfer.
     }
     return bytes;
   }
-  if (t->download != nullptr && t->response.body.size() + bytes > kMaxErrorBody) {
+  if ((t->download != nullptr || t->stream != nullptr) &&
+      t->response.body.size() + bytes > kMaxErrorBody) {
     return bytes;  // Keep the start of an oversized error body only.
+  }
+  if (t->max_body != 0 && t->response.body.size() + bytes > t->max_body) {
+    t->callback_error = Status(ErrorCode::kTooLarge, "response body exceeds " +
+                                                         std::to_string(t->max_body) + " bytes");
+    return 0;  // Aborts the transfer.
   }
   t->response.body.append(data, bytes);
   return bytes;
@@ -154,6 +164,7 @@ class Client::Impl {
     if (!handle) return Status(ErrorCode::kInternal, "curl_easy_init failed");
     CURL* c = handle.get();
     t->curl = c;
+    if (t->download == nullptr && t->stream == nullptr) t->max_body = options_.max_body_bytes;
     char error[CURL_ERROR_SIZE] = {0};
     curl_easy_setopt(c, CURLOPT_URL, url.c_str());
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -188,6 +199,11 @@ class Client::Impl {
     const CURLcode rc = curl_easy_perform(c);
     long code = 0;  // NOLINT(runtime/int): curl's type.
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+    curl_off_t first_byte_us = 0, total_us = 0;
+    curl_easy_getinfo(c, CURLINFO_STARTTRANSFER_TIME_T, &first_byte_us);
+    curl_easy_getinfo(c, CURLINFO_TOTAL_TIME_T, &total_us);
+    t->response.first_byte_seconds = static_cast<double>(first_byte_us) / 1e6;
+    t->response.total_seconds = static_cast<double>(total_us) / 1e6;
     // Do not leave pointers to this frame in a pooled handle.
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, nullptr);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, nullptr);
@@ -213,6 +229,15 @@ Client::~Client() = default;
 Result<ClientResponse> Client::Get(
     const std::string& url, const std::vector<std::pair<std::string, std::string>>& headers) {
   Transfer t;
+  return impl_->Perform(url, headers, &t,
+                        [](CURL* c) { curl_easy_setopt(c, CURLOPT_HTTPGET, 1L); });
+}
+
+Result<ClientResponse> Client::GetStream(
+    const std::string& url, const std::function<Status(ByteView)>& on_data,
+    const std::vector<std::pair<std::string, std::string>>& headers) {
+  Transfer t;
+  t.stream = &on_data;
   return impl_->Perform(url, headers, &t,
                         [](CURL* c) { curl_easy_setopt(c, CURLOPT_HTTPGET, 1L); });
 }

@@ -12,16 +12,16 @@
 #include "common/fs.h"
 #include "common/hash.h"
 #include "repo/repo.h"
+#include "stream/release.h"
 
 namespace ds::repo {
 namespace {
 
 using nlohmann::json;
 
-// Domain separation: a signature over metadata can never be replayed as one over anything else.
-constexpr std::string_view kSignaturePrefix = "deltastream-metadata-v1\n";
-constexpr std::string_view kMetadataType = "deltastream-release";
-constexpr int kSpecVersion = 1;
+using stream::KeyIdOf;
+using stream::kMetadataType;
+constexpr int kSpecVersion = stream::kMetadataSpecVersion;
 
 Status InitSodium() {
   if (sodium_init() < 0) return Error(ErrorCode::kInternal, "libsodium failed to initialise");
@@ -62,17 +62,6 @@ std::string PublicPathFor(const std::string& secret_path) {
   }
   return secret_path + ".pub";
 }
-
-Bytes SignedBytes(std::string_view canonical) {
-  Bytes msg(kSignaturePrefix.size() + canonical.size());
-  std::memcpy(msg.data(), kSignaturePrefix.data(), kSignaturePrefix.size());
-  if (!canonical.empty()) {
-    std::memcpy(msg.data() + kSignaturePrefix.size(), canonical.data(), canonical.size());
-  }
-  return msg;
-}
-
-std::string KeyIdOf(ByteView pub) { return ToHex(Sha256::Of(pub)); }
 
 }  // namespace
 
@@ -154,7 +143,7 @@ Result<std::string> SignMetadata(const MetadataContent& content, const SigningKe
                              {"latest", content.latest},       {"versions", std::move(versions)},
                              {"deltas", std::move(deltas)}};
     const std::string canonical = signed_obj.dump();
-    const Bytes msg = SignedBytes(canonical);
+    const Bytes msg = stream::MetadataSignedBytes(canonical);
     std::array<uint8_t, crypto_sign_BYTES> sig;
     crypto_sign_detached(sig.data(), nullptr, msg.data(), msg.size(), key.secret.data());
     const json envelope = {
@@ -165,82 +154,6 @@ Result<std::string> SignMetadata(const MetadataContent& content, const SigningKe
   } catch (const std::exception& e) {
     return Error(ErrorCode::kInternal, std::string("cannot serialise metadata: ") + e.what());
   }
-}
-
-Result<std::string> VerifyMetadata(std::string_view envelope, std::string_view public_key_hex,
-                                   int64_t now, uint64_t min_counter) {
-  DS_RETURN_IF_ERROR(InitSodium());
-  std::array<uint8_t, crypto_sign_PUBLICKEYBYTES> pub;
-  if (!DecodeHex(TrimSpace(public_key_hex), pub)) {
-    return Error(ErrorCode::kInvalidArgument, "pinned public key is not 64 hex digits");
-  }
-  const std::string key_id = KeyIdOf(pub);
-
-  std::string canonical;
-  std::optional<json> signed_obj;
-  try {
-    json doc = json::parse(envelope);
-    if (!doc.is_object() || !doc.contains("signed") || !doc["signed"].is_object() ||
-        !doc.contains("signatures") || !doc["signatures"].is_array()) {
-      return Error(ErrorCode::kProtocol, "metadata envelope lacks signed/signatures");
-    }
-    // The bytes that were signed are rebuilt from the parsed object: whitespace or key order in
-    // transit does not matter, any change of content does.
-    canonical = doc["signed"].dump();
-    const Bytes msg = SignedBytes(canonical);
-    bool verified = false;
-    for (const json& sig : doc["signatures"]) {
-      if (!sig.is_object() || !sig.contains("keyid") || !sig["keyid"].is_string() ||
-          !sig.contains("sig") || !sig["sig"].is_string()) {
-        continue;
-      }
-      if (sig["keyid"].get<std::string>() != key_id) continue;
-      std::array<uint8_t, crypto_sign_BYTES> raw;
-      if (!DecodeHex(sig["sig"].get<std::string>(), raw)) continue;
-      if (crypto_sign_verify_detached(raw.data(), msg.data(), msg.size(), pub.data()) == 0) {
-        verified = true;
-        break;
-      }
-    }
-    if (!verified) {
-      return Error(ErrorCode::kBadSignature, "no valid signature by key " + key_id);
-    }
-    signed_obj = std::move(doc["signed"]);
-  } catch (const json::exception& e) {
-    return Error(ErrorCode::kProtocol, std::string("malformed metadata envelope: ") + e.what());
-  }
-
-  // Signed by the pinned key from here on; a bad shape now is the signer's protocol error.
-  const json& s = *signed_obj;
-  auto field = [&s](const char* name) -> const json* {
-    auto it = s.find(name);
-    return it == s.end() ? nullptr : &*it;
-  };
-  const json* type = field("_type");
-  const json* spec = field("spec_version");
-  const json* expires = field("expires");
-  const json* counter = field("counter");
-  if (type == nullptr || !type->is_string() || type->get<std::string>() != kMetadataType) {
-    return Error(ErrorCode::kProtocol, "metadata is not of type deltastream-release");
-  }
-  if (spec == nullptr || !spec->is_number_integer() || spec->get<int64_t>() != kSpecVersion) {
-    return Error(ErrorCode::kUnsupported, "metadata spec_version is not 1");
-  }
-  if (expires == nullptr || !expires->is_number_integer() || counter == nullptr ||
-      !counter->is_number_unsigned()) {
-    return Error(ErrorCode::kProtocol, "metadata lacks expires/counter");
-  }
-  if (now >= expires->get<int64_t>()) {
-    return Error(ErrorCode::kExpired, "metadata expired at " +
-                                          std::to_string(expires->get<int64_t>()) + " (now " +
-                                          std::to_string(now) + ")");
-  }
-  if (counter->get<uint64_t>() < min_counter) {
-    return Error(ErrorCode::kRollback, "metadata counter " +
-                                           std::to_string(counter->get<uint64_t>()) +
-                                           " is below the trusted " + std::to_string(min_counter));
-  }
-  return canonical;
 }
 
 }  // namespace ds::repo

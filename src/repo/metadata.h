@@ -1,5 +1,5 @@
 // Signed release metadata (internal to src/repo): Ed25519 keys and the signing side of the
-// envelope that VerifyMetadata (repo.h) checks. The format is in docs/SECURITY.md; in short:
+// envelope that stream::VerifyMetadata (src/stream/release.h) checks. The format is in docs/SECURITY.md; in short:
 //   signed    = {"_type":"deltastream-release","spec_version":1,"artifact","counter",
 //                "signed_at","expires","latest","versions":[...],"deltas":[...]}
 //               (each version and delta entry carries "chunk_map_sha256", docs/PROTOCOL.md)
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "stream/release.h"
 
 namespace ds::repo {
 
@@ -31,25 +32,10 @@ struct SigningKey {
 // directory 0700 when missing) and the public key beside it (<path minus .key>.pub).
 Result<SigningKey> LoadOrCreateSigningKey(const std::string& path);
 
-struct MetadataVersion {
-  std::string version, sha256;
-  uint64_t length = 0, seq = 0;
-  std::string chunk_map_sha256;  // Signed when not empty (docs/PROTOCOL.md).
-};
-struct MetadataDelta {
-  int64_t id = 0;
-  std::string from, to, base_sha256, result_sha256, format, sha256;
-  uint64_t length = 0;
-  std::string chunk_map_sha256;  // Signed when not empty (docs/PROTOCOL.md).
-};
-struct MetadataContent {
-  std::string artifact;
-  uint64_t counter = 0;
-  int64_t signed_at = 0, expires = 0;
-  std::string latest;
-  std::vector<MetadataVersion> versions;  // Ascending version order.
-  std::vector<MetadataDelta> deltas;      // Ready deltas only.
-};
+// The signed content is the device-side Release (src/stream/release.h).
+using MetadataVersion = stream::ReleaseVersion;
+using MetadataDelta = stream::ReleaseDelta;
+using MetadataContent = stream::Release;
 
 // Returns the envelope text (compact JSON) signed with |key|.
 Result<std::string> SignMetadata(const MetadataContent& content, const SigningKey& key);

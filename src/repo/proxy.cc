@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -13,11 +14,15 @@
 #include <list>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <unordered_map>
 #include <vector>
 
 #include "common/fs.h"
 #include "common/hash.h"
+#include "delta/delta.h"
+#include "repo/proxy_deltas.h"
+#include "stream/stream.h"
 
 namespace ds::repo {
 namespace {
@@ -79,13 +84,21 @@ struct EntryInfo {
   std::string etag, content_type, sha256;
   int64_t expires_ms = 0;  // Wall clock; 0 = immutable.
   bool stale = false;      // The upstream (a proxy) served it stale: relay that, keep it expired.
+  // Upstream headers relayed with the object (kRelayedHeaders).
+  std::vector<std::pair<std::string, std::string>> headers;
   bool immutable() const { return expires_ms == 0; }
 };
 
+// Headers of a chunk answer (src/repo/stream_api.cc) kept with the cached object and relayed.
+constexpr const char* kRelayedHeaders[] = {"X-Leaf-Size", "X-Chunk-Map-SHA256"};
+
 json MetaJson(const EntryInfo& e) {
+  json headers = json::object();
+  for (const auto& [name, value] : e.headers) headers[name] = value;
   return json{{"target", e.target}, {"size", e.size},
               {"etag", e.etag},     {"content_type", e.content_type},
-              {"sha256", e.sha256}, {"expires_ms", e.expires_ms}};
+              {"sha256", e.sha256}, {"expires_ms", e.expires_ms},
+              {"headers", headers}};
 }
 
 class Breaker {
@@ -187,7 +200,9 @@ class Proxy::Impl {
   }
 
   ~Impl() {
+    ondemand_.reset();  // Its workers fetch through this object: stop them first.
     std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& t : transient_) ::unlink(t.second.c_str());
     for (const auto& [deadline, key] : graveyard_) {
       if (index_.count(key) == 0) RemoveFiles(key);
     }
@@ -240,18 +255,197 @@ class Proxy::Impl {
       f.info.content_type = j.value("content_type", "");
       f.info.sha256 = j.value("sha256", "");
       f.info.expires_ms = j.value("expires_ms", int64_t{0});
+      if (auto h = j.find("headers"); h != j.end() && h->is_object()) {
+        for (const char* name : kRelayedHeaders) {
+          if (auto v = h->find(name); v != h->end() && v->is_string()) {
+            f.info.headers.emplace_back(name, v->get<std::string>());
+          }
+        }
+      }
       f.time = fs::last_write_time(DataPath(key), ec);
       found.push_back(std::move(f));
     }
     std::sort(found.begin(), found.end(),
               [](const Found& a, const Found& b) { return a.time < b.time; });
-    std::lock_guard<std::mutex> lock(mu_);
-    for (Found& f : found) InsertLocked(std::move(f.info));
-    EvictLocked("");
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (Found& f : found) InsertLocked(std::move(f.info));
+      EvictLocked("");
+    }
+    if (options_.store == StorePolicy::kDelta) {
+      for (const char* sub : {"/store/full", "/store/deltas"}) {
+        fs::create_directories(options_.cache_dir + sub, ec);
+        if (ec) return Error(ErrorCode::kIoError, "create store: " + ec.message());
+        for (const auto& d : fs::directory_iterator(options_.cache_dir + sub, ec)) {
+          const std::string name = d.path().filename().string();
+          if (!d.is_regular_file() || !IsHex64(name)) continue;
+          stats_.store_bytes += d.file_size(ec);
+        }
+      }
+    }
+    if (options_.keyframe_every < 1) {
+      return Error(ErrorCode::kInvalidArgument, "keyframe_every must be at least 1");
+    }
+    if (options_.ondemand_workers > 0) {
+      OnDemandOptions o;
+      o.dir = options_.cache_dir + "/ondemand";
+      o.workers = options_.ondemand_workers;
+      o.queue_capacity = options_.ondemand_queue;
+      o.memory_budget = options_.ondemand_memory_budget;
+      DS_ASSIGN_OR_RETURN(ondemand_, OnDemandDeltas::Open(o, [this](const std::string& sha) {
+                            return ArtifactPath(sha);
+                          }));
+    }
     return Status::Ok();
   }
 
+  net::Response ServeObject(const net::Request& req, const std::string& sha) {
+    if (ondemand_) {
+      if (std::optional<net::Response> r = ondemand_->ServeObject(sha)) return std::move(*r);
+    }
+    if (options_.store == StorePolicy::kBoth) return Serve(req, ObjectKind::kBlob, sha);
+    SweepTransient();
+    if (options_.store == StorePolicy::kDelta) {
+      for (const std::string& path : {StoreFullPath(sha), StoreDeltaPath(sha)}) {
+        if (Result<uint64_t> size = FileSize(path); size.ok()) {
+          std::lock_guard<std::mutex> lock(mu_);
+          stats_.bytes_served += *size;
+          return ObjectFileResponse(path, *size, sha, "store");
+        }
+      }
+    }
+    // What is it? Unknown to the signed metadata (or no answer): the plain cache.
+    Result<std::optional<Resolved>> what = ResolveBlob(sha);
+    if (!what.ok() || !*what) return Serve(req, ObjectKind::kBlob, sha);
+    const Resolved& res = **what;
+    if (options_.store == StorePolicy::kFull) {
+      if (res.version < 0 && res.delta) return RelayTransient(req.path, ObjectKind::kBlob, sha);
+      return Serve(req, ObjectKind::kBlob, sha);
+    }
+    if (res.version >= 0) return ServeVersion(res.release, static_cast<size_t>(res.version));
+    // A delta's patch: kept in the store.
+    if (Status s = EnsureStored(StoreDeltaPath(sha), sha, res.delta->length); !s.ok()) {
+      return net::Response::FromStatus(s);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.bytes_served += res.delta->length;
+    return ObjectFileResponse(StoreDeltaPath(sha), res.delta->length, sha, "store");
+  }
+
+  net::Response ServeChunk(const net::Request& req, const std::string& sha,
+                           const std::string& range) {
+    if (ondemand_) {
+      if (std::optional<net::Response> r = ondemand_->ServeChunk(sha, range)) {
+        return std::move(*r);
+      }
+    }
+    return Serve(req, ObjectKind::kOpaque, "");
+  }
+
+  net::Response Stream(const net::Request& req) {
+    const auto a = req.params.find("artifact");
+    const std::string artifact = a == req.params.end() ? "" : a->second;
+    const std::optional<std::string> from = req.QueryParam("from");
+    const std::optional<std::string> to = req.QueryParam("to");
+    const std::optional<std::string> fallback = req.QueryParam("fallback");
+    if (from && !IsHex64(*from)) {
+      return net::Response::FromStatus(
+          Error(ErrorCode::kInvalidArgument, "from must be 64 lower-case hex digits"));
+    }
+    if (fallback && *fallback != "full") {
+      return net::Response::FromStatus(
+          Error(ErrorCode::kInvalidArgument, "fallback is 'full' or absent"));
+    }
+    const bool want_full = fallback.has_value();
+    // The upstream's answer. fallback=full: an upstream proxy tier answers at once, never 202.
+    net::Request up;
+    up.method = "GET";
+    up.path = req.path;
+    if (from) up.query = "from=" + *from + "&";
+    if (to) up.query += "to=" + net::UrlEncode(*to) + "&";
+    up.query += "fallback=full";
+    net::Response r = Serve(up, ObjectKind::kMutable, "");
+    if (r.status != 200 || !r.file) return r;
+    Result<std::string> body = ReadResponseFile(r);
+    if (!body.ok()) return net::Response::FromStatus(body.status());
+    Result<stream::StreamDescriptor> parsed = stream::ParseDescriptor(*body);
+    if (!parsed.ok()) {
+      return net::Response::FromStatus(
+          Error(ErrorCode::kProtocol,
+                "upstream sent a bad stream descriptor: " + parsed.status().message()));
+    }
+    stream::StreamDescriptor d = std::move(parsed).value();
+    // Relay the stale mark of an upstream answer served from an expired entry.
+    std::vector<std::pair<std::string, std::string>> stale;
+    for (const auto& h : r.headers) {
+      if (h.first == "Warning" || h.first == "X-Deltastream-Stale") stale.push_back(h);
+    }
+    if (d.is_delta()) {
+      if (d.source.empty()) d.source = "upstream";
+      return DescriptorResponse(d, stale);
+    }
+    d.source = "full";
+    if (!ondemand_ || !from || *from == d.result_sha256) return DescriptorResponse(d, stale);
+    std::optional<OnDemandDelta> p = ondemand_->Find(*from, d.result_sha256);
+    if (!p) {
+      // Both full artifacts must be versions in the upstream's signed version list.
+      Result<std::pair<uint64_t, uint64_t>> sizes = SignedSizes(artifact, *from, d.result_sha256);
+      if (!sizes.ok()) return DescriptorResponse(d, stale);
+      Result<OnDemandDelta> q =
+          ondemand_->Request(*from, sizes->first, d.result_sha256, sizes->second);
+      if (!q.ok()) {
+        if (want_full) return DescriptorResponse(d, stale);
+        return net::Response::FromStatus(q.status())
+            .With("Retry-After", std::to_string(RetryAfterSeconds(d.result_size, 16)))
+            .With("Cache-Control", "no-cache");
+      }
+      p = *q;
+    }
+    switch (p->state) {
+      case OnDemandState::kReady:
+        d.kind = "delta";
+        d.format = "dspf";
+        d.delta_id = 0;
+        d.base_sha256 = *from;
+        d.size = p->size;
+        d.sha256 = p->sha256;
+        d.leaf_size = p->leaf_size;
+        d.chunk_map_sha256 = p->chunk_map_sha256;
+        d.chunk_map_url = "/v1/chunkmaps/" + p->chunk_map_sha256;
+        d.chunks_url = "/v1/chunks/" + p->sha256 + "/";
+        d.source = "on-demand";
+        return DescriptorResponse(d, stale);
+      case OnDemandState::kQueued:
+      case OnDemandState::kRunning:
+        if (want_full) return DescriptorResponse(d, stale);
+        break;
+      default:  // Not worth it, or failed: the full artifact.
+        return DescriptorResponse(d, stale);
+    }
+    const int retry =
+        RetryAfterSeconds(d.result_size, ondemand_->QueuePosition(*from, d.result_sha256));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.streams_pending;
+    }
+    const json j{{"status", "in_progress"},
+                 {"state", OnDemandStateName(p->state)},
+                 {"retry_after_s", retry},
+                 {"artifact", d.artifact},
+                 {"to", d.to},
+                 {"base_sha256", *from},
+                 {"result_sha256", d.result_sha256}};
+    return net::Response::Json(202, j.dump())
+        .With("Retry-After", std::to_string(retry))
+        .With("Cache-Control", "no-cache");
+  }
+
   net::Response Serve(const net::Request& req, ObjectKind kind, const std::string& expected) {
+    if (kind == ObjectKind::kDeclared && options_.store == StorePolicy::kFull) {
+      SweepTransient();
+      return RelayTransient(req.path, kind, expected);
+    }
+    if (options_.store != StorePolicy::kBoth) SweepTransient();
     std::string target = req.path;
     if (kind == ObjectKind::kMutable && !req.query.empty()) target += "?" + req.query;
     const std::string key =
@@ -339,8 +533,17 @@ class Proxy::Impl {
   }
 
   ProxyStats stats() const {
+    OnDemandStats od;
+    if (ondemand_) od = ondemand_->stats();
     std::lock_guard<std::mutex> lock(mu_);
     ProxyStats s = stats_;
+    s.ondemand_queued = od.queued;
+    s.ondemand_running = od.running;
+    s.ondemand_done = od.done;
+    s.ondemand_not_worth = od.not_worth;
+    s.ondemand_failed = od.failed;
+    s.ondemand_refused = od.refused;
+    s.ondemand_stored_bytes = od.stored_bytes;
     s.cache_bytes = cache_bytes_;
     s.cache_entries = index_.size();
     s.breaker_state = breaker_.state();
@@ -376,6 +579,324 @@ class Proxy::Impl {
     ::unlink(MetaPath(key).c_str());
   }
 
+  // The bytes of a 200 answer with a file body (small: JSON answers).
+  static Result<std::string> ReadResponseFile(const net::Response& r) {
+    if (!r.file) return r.body;
+    if (r.file->length > (16u << 20)) {
+      return Error(ErrorCode::kTooLarge, "upstream answer larger than 16 MiB");
+    }
+    DS_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> f, RandomAccessFile::Open(r.file->path));
+    std::string out(r.file->length, '\0');
+    DS_RETURN_IF_ERROR(f->ReadAt(
+        r.file->offset, std::span<uint8_t>(reinterpret_cast<uint8_t*>(out.data()), out.size())));
+    return out;
+  }
+
+  // The full artifact |sha| as a verified file (from the cache, the store, or rebuilt; fetched
+  // from the upstream if needed). The file stays for at least the eviction grace.
+  Result<std::string> ArtifactPath(const std::string& sha) {
+    net::Request req;
+    req.method = "GET";
+    req.path = "/v1/blobs/" + sha;
+    net::Response r = ServeObject(req, sha);
+    if (r.status != 200 || !r.file) {
+      net::ClientResponse c;
+      c.status = r.status;
+      c.body = r.body;
+      return net::StatusFromResponse(c);
+    }
+    return r.file->path;
+  }
+
+  // The upstream's signed release metadata of |artifact|, parsed (relayed through the cache).
+  Result<SignedRelease> Release(const std::string& artifact) {
+    net::Request req;
+    req.method = "GET";
+    req.path = "/v1/artifacts/" + net::UrlEncode(artifact) + "/metadata";
+    net::Response r = Serve(req, ObjectKind::kMutable, "");
+    if (r.status != 200) {
+      net::ClientResponse c;
+      c.status = r.status;
+      c.body = r.body;
+      return net::StatusFromResponse(c);
+    }
+    DS_ASSIGN_OR_RETURN(std::string body, ReadResponseFile(r));
+    return ParseSignedRelease(body);
+  }
+
+  // Sizes of the base and the result, both found by SHA-256 among the versions of |artifact|'s
+  // signed metadata (as relayed by the upstream). kNotFound when either is not there.
+  Result<std::pair<uint64_t, uint64_t>> SignedSizes(const std::string& artifact,
+                                                    const std::string& base,
+                                                    const std::string& result) {
+    DS_ASSIGN_OR_RETURN(SignedRelease release, Release(artifact));
+    const int b = release.FindVersion(base), r = release.FindVersion(result);
+    if (b < 0 || r < 0) {
+      return Error(ErrorCode::kNotFound, "base or result is not a signed version of " + artifact);
+    }
+    return std::make_pair(release.versions[b].length, release.versions[r].length);
+  }
+
+  // What the signed metadata of some artifact says the blob |sha| is: a version (index) or a
+  // delta's patch. nullopt when no artifact lists it. One metadata read per artifact (each
+  // cached for the mutable TTL).
+  struct Resolved {
+    SignedRelease release;
+    int version = -1;
+    std::optional<SignedRelease::Delta> delta;
+  };
+  Result<std::optional<Resolved>> ResolveBlob(const std::string& sha) {
+    net::Request req;
+    req.method = "GET";
+    req.path = "/v1/artifacts";
+    net::Response r = Serve(req, ObjectKind::kMutable, "");
+    if (r.status != 200) return Error(ErrorCode::kUnavailable, "cannot list the artifacts");
+    DS_ASSIGN_OR_RETURN(std::string body, ReadResponseFile(r));
+    const json j = json::parse(body, nullptr, false);
+    if (!j.is_object() || !j.contains("artifacts") || !j["artifacts"].is_array()) {
+      return Error(ErrorCode::kProtocol, "upstream sent a bad artifact list");
+    }
+    for (const json& a : j["artifacts"]) {
+      if (!a.is_string()) continue;
+      Result<SignedRelease> release = Release(a.get<std::string>());
+      if (!release.ok()) continue;
+      Resolved res;
+      res.version = release->FindVersion(sha);
+      if (const SignedRelease::Delta* d = release->FindDelta(sha)) res.delta = *d;
+      if (res.version >= 0 || res.delta) {
+        res.release = std::move(release).value();
+        return std::optional<Resolved>(std::move(res));
+      }
+    }
+    return std::optional<Resolved>();
+  }
+
+  std::string StoreFullPath(const std::string& sha) const {
+    return options_.cache_dir + "/store/full/" + sha;
+  }
+  std::string StoreDeltaPath(const std::string& sha) const {
+    return options_.cache_dir + "/store/deltas/" + sha;
+  }
+
+  // A verified object file that is not a cache entry (store, rebuilt, relayed).
+  static net::Response ObjectFileResponse(const std::string& path, uint64_t size,
+                                          const std::string& sha, const char* source) {
+    net::Response r;
+    r.file = net::FileBody{path, 0, size};
+    r.With("Content-Type", "application/octet-stream")
+        .With("ETag", "\"" + sha + "\"")
+        .With("X-Content-SHA256", sha)
+        .With("Cache-Control", kImmutableCacheControl)
+        .With("X-Deltastream-Cache", source);
+    return r;
+  }
+
+  // Unlinks |path| after the eviction grace (a response handed its path opens it by then).
+  void UnlinkLater(const std::string& path) {
+    std::lock_guard<std::mutex> lock(mu_);
+    transient_.emplace_back(MonoMs() + options_.evict_grace_ms, path);
+  }
+  void SweepTransient() {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int64_t now = MonoMs();
+    auto end = std::remove_if(transient_.begin(), transient_.end(), [&](const auto& t) {
+      if (t.first > now) return false;
+      ::unlink(t.second.c_str());
+      return true;
+    });
+    transient_.erase(end, transient_.end());
+  }
+
+  // Downloads |target| from the upstream into |dest| (temp file + rename), checked against
+  // |sha| (and |length| unless 0). Never indexed: for the store and for relays.
+  Result<uint64_t> DownloadVerified(const std::string& target, const std::string& sha,
+                                    uint64_t length, const std::string& dest) {
+    if (!breaker_.Allow()) {
+      return Error(ErrorCode::kUnavailable,
+                   "upstream " + options_.upstream + " is failing (circuit breaker open)");
+    }
+    const std::string tmp = TmpDir() + "/dl-" + sha + "." + std::to_string(++tmp_counter_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.upstream_fetches;
+    }
+    Result<net::ClientResponse> r = client_.DownloadFile(options_.upstream + target, tmp);
+    if (!r.ok()) {
+      if (IsUpstreamFailure(r.status().code())) {
+        breaker_.Failure();
+        std::lock_guard<std::mutex> lock(mu_);
+        ++stats_.upstream_failures;
+      } else {
+        breaker_.Success();
+      }
+      return r.status();
+    }
+    breaker_.Success();
+    Result<uint64_t> size = FileSize(tmp);
+    Status s = size.ok() ? VerifyFileSha256(tmp, sha) : size.status();
+    if (s.ok() && length != 0 && *size != length) {
+      s = Error(ErrorCode::kDigestMismatch, target + " is not of the signed length");
+    }
+    if (!s.ok()) {
+      ::unlink(tmp.c_str());
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.verify_failures;
+      return Error(ErrorCode::kUnavailable,
+                   "upstream sent a corrupt object for " + target + ": " + s.message());
+    }
+    if (::rename(tmp.c_str(), dest.c_str()) != 0) {
+      const int err = errno;
+      ::unlink(tmp.c_str());
+      return ErrnoStatus("rename " + tmp, err);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.bytes_fetched += *size;
+    return *size;
+  }
+
+  // Makes sure the store holds |sha| at |dest| (fetched as /v1/blobs/<sha>).
+  Status EnsureStored(const std::string& dest, const std::string& sha, uint64_t length) {
+    if (FileSize(dest).ok()) return Status::Ok();
+    DS_ASSIGN_OR_RETURN(uint64_t size, DownloadVerified("/v1/blobs/" + sha, sha, length, dest));
+    DS_RETURN_IF_ERROR(FsyncDir(dest.substr(0, dest.rfind('/'))));
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.store_bytes += size;
+    return Status::Ok();
+  }
+
+  // --store full: an upstream delta patch relayed without being kept.
+  net::Response RelayTransient(const std::string& target, ObjectKind kind,
+                               const std::string& expected) {
+    std::string sha = expected;
+    if (kind == ObjectKind::kDeclared) {
+      // The declared digest comes with the answer: learn it from the delta's JSON first.
+      net::Request meta;
+      meta.method = "GET";
+      meta.path = target.substr(0, target.rfind('/'));
+      net::Response m = Serve(meta, ObjectKind::kMutable, "");
+      if (m.status != 200) return m;
+      Result<std::string> body = ReadResponseFile(m);
+      const json j = body.ok() ? json::parse(*body, nullptr, false) : json();
+      if (!j.is_object() || !j.contains("sha256") || !j["sha256"].is_string() ||
+          !IsHex64(j["sha256"].get<std::string>())) {
+        return net::Response::FromStatus(
+            Error(ErrorCode::kNotFound, "no ready delta at " + meta.path));
+      }
+      sha = j["sha256"].get<std::string>();
+    }
+    const std::string path = TmpDir() + "/relay-" + sha + "." + std::to_string(++tmp_counter_);
+    Result<uint64_t> size = DownloadVerified(target, sha, 0, path);
+    if (!size.ok()) return net::Response::FromStatus(size.status());
+    UnlinkLater(path);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.transient_relays;
+      stats_.bytes_served += *size;
+    }
+    return ObjectFileResponse(path, *size, sha, "relayed");
+  }
+
+  // --store delta: version |index| of |release| from the store (a keyframe) or rebuilt.
+  net::Response ServeVersion(const SignedRelease& release, size_t index) {
+    const SignedRelease::Version& v = release.versions[index];
+    std::shared_ptr<std::mutex> key_lock;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      std::shared_ptr<std::mutex>& m = version_locks_[v.sha256];
+      if (!m) m = std::make_shared<std::mutex>();
+      key_lock = m;
+    }
+    std::lock_guard<std::mutex> version_lock(*key_lock);  // One rebuild per version at a time.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = recent_rebuilds_.find(v.sha256);
+      if (it != recent_rebuilds_.end() && MonoMs() + 1000 < it->second.first) {
+        stats_.bytes_served += v.length;
+        return ObjectFileResponse(it->second.second, v.length, v.sha256, "rebuilt");
+      }
+    }
+    std::optional<RebuildPlan> plan =
+        PlanRebuild(release, index, options_.keyframe_every,
+                    [this](const std::string& sha) { return FileSize(StoreFullPath(sha)).ok(); });
+    if (!plan) {
+      // No chain of signed deltas reaches it: keep this version in full.
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.chain_breaks;
+      plan = RebuildPlan{index, {}};
+    }
+    const SignedRelease::Version& source = release.versions[plan->source];
+    Status s = EnsureStored(StoreFullPath(source.sha256), source.sha256, source.length);
+    for (size_t i = 0; s.ok() && i < plan->deltas.size(); ++i) {
+      s = EnsureStored(StoreDeltaPath(plan->deltas[i].sha256), plan->deltas[i].sha256,
+                       plan->deltas[i].length);
+    }
+    if (!s.ok()) return net::Response::FromStatus(s);
+    if (plan->deltas.empty()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.bytes_served += v.length;
+      return ObjectFileResponse(StoreFullPath(v.sha256), v.length, v.sha256, "store");
+    }
+    // Apply the chain; each step is checked against its patch's result hash, the end against
+    // the signed hash and length of the version.
+    std::string current = StoreFullPath(source.sha256);
+    for (const SignedRelease::Delta& d : plan->deltas) {
+      const std::string out =
+          TmpDir() + "/rebuild-" + d.result_sha256 + "." + std::to_string(++tmp_counter_);
+      s = delta::ApplyPatchFile(current, StoreDeltaPath(d.sha256), out);
+      if (current != StoreFullPath(source.sha256)) ::unlink(current.c_str());
+      if (!s.ok()) break;
+      current = out;
+    }
+    if (s.ok()) s = VerifyFileSha256(current, v.sha256);
+    if (s.ok()) {
+      Result<uint64_t> size = FileSize(current);
+      if (!size.ok() || *size != v.length) {
+        s = Error(ErrorCode::kDigestMismatch, "rebuilt " + v.sha256 + " has the wrong length");
+      }
+    }
+    if (!s.ok()) {
+      if (current != StoreFullPath(source.sha256)) ::unlink(current.c_str());
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.rebuild_failures;
+      return net::Response::FromStatus(
+          Error(ErrorCode::kUnavailable, "cannot rebuild " + v.sha256 + ": " + s.message()));
+    }
+    UnlinkLater(current);
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.rebuilds;
+    stats_.bytes_served += v.length;
+    recent_rebuilds_[v.sha256] = {MonoMs() + options_.evict_grace_ms, current};
+    return ObjectFileResponse(current, v.length, v.sha256, "rebuilt");
+  }
+
+  // Seconds a client should wait before asking again: about 1 s per 16 MiB of result per job
+  // ahead of it and its own.
+  static int RetryAfterSeconds(uint64_t result_size, size_t jobs_ahead) {
+    const uint64_t per_job = 1 + result_size / (16ull << 20);
+    return static_cast<int>(std::min<uint64_t>(60, per_job * (1 + jobs_ahead)));
+  }
+
+  net::Response DescriptorResponse(const stream::StreamDescriptor& d,
+                                   const std::vector<std::pair<std::string, std::string>>& extra) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (d.is_delta()) {
+        if (d.source == "on-demand") {
+          ++stats_.streams_ondemand;
+        } else {
+          ++stats_.streams_upstream;
+        }
+        if (d.result_size > d.size) stats_.delta_bytes_saved += d.result_size - d.size;
+      } else {
+        ++stats_.streams_full;
+      }
+    }
+    net::Response r = net::Response::Json(200, stream::DescriptorToJson(d));
+    r.With("Cache-Control", "no-cache");
+    for (const auto& [name, value] : extra) r.With(name, value);
+    return r;
+  }
+
   net::Response FileResponse(const EntryInfo& e, const char* cache) const {
     net::Response r;
     r.status = 200;
@@ -383,6 +904,7 @@ class Proxy::Impl {
     r.With("Content-Type", e.content_type.empty() ? "application/octet-stream" : e.content_type);
     if (!e.etag.empty()) r.With("ETag", e.etag);
     if (!e.sha256.empty()) r.With("X-Content-SHA256", e.sha256);
+    for (const auto& [name, value] : e.headers) r.With(name, value);
     r.With("Cache-Control", e.immutable() ? kImmutableCacheControl : "no-cache");
     r.With("X-Deltastream-Cache", cache);
     return r;
@@ -436,6 +958,15 @@ class Proxy::Impl {
     }
     e.content_type = std::string(r.Header("content-type"));
     e.etag = std::string(r.Header("etag"));
+    if (kind == ObjectKind::kOpaque) {
+      for (const char* name : kRelayedHeaders) {
+        std::string lower(name);
+        std::transform(lower.begin(), lower.end(), lower.begin(),
+                       [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+        const std::string_view v = r.Header(lower);
+        if (!v.empty()) e.headers.emplace_back(name, std::string(v));
+      }
+    }
     std::string sha;
     if (kind == ObjectKind::kBlob) {
       sha = expected;
@@ -526,6 +1057,12 @@ class Proxy::Impl {
   std::unordered_map<std::string, Negative> negative_;
   std::vector<std::pair<int64_t, std::string>> graveyard_;  // (unlink after, key)
   ProxyStats stats_;
+  std::vector<std::pair<int64_t, std::string>> transient_;  // (unlink after, path)
+  std::unordered_map<std::string, std::shared_ptr<std::mutex>> version_locks_;
+  // Version sha256 -> (usable until, rebuilt file): concurrent and repeated requests share it.
+  std::unordered_map<std::string, std::pair<int64_t, std::string>> recent_rebuilds_;
+  // Last: destroyed first (its workers call back into this object).
+  std::unique_ptr<OnDemandDeltas> ondemand_;
 };
 
 Proxy::Proxy(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -542,6 +1079,14 @@ net::Response Proxy::Serve(const net::Request& req, ObjectKind kind,
   return impl_->Serve(req, kind, expected_sha256);
 }
 
+net::Response Proxy::Stream(const net::Request& req) { return impl_->Stream(req); }
+net::Response Proxy::ServeObject(const net::Request& req, const std::string& sha256) {
+  return impl_->ServeObject(req, sha256);
+}
+net::Response Proxy::ServeChunk(const net::Request& req, const std::string& sha256,
+                                const std::string& range) {
+  return impl_->ServeChunk(req, sha256, range);
+}
 Result<std::string> Proxy::UpstreamHealth() { return impl_->UpstreamHealth(); }
 ProxyStats Proxy::stats() const { return impl_->stats(); }
 const ProxyOptions& Proxy::options() const { return impl_->options(); }
@@ -585,6 +1130,43 @@ std::string Proxy::MetricsText() const {
          "gauge", s.breaker_state);
   metric("ds_proxy_breaker_opens_total", "Times the circuit breaker opened.", "counter",
          static_cast<double>(s.breaker_opens));
+  metric("ds_proxy_streams_upstream_total", "Stream descriptors answered with an upstream delta.",
+         "counter", static_cast<double>(s.streams_upstream));
+  metric("ds_proxy_streams_ondemand_total", "Stream descriptors answered with an on-demand delta.",
+         "counter", static_cast<double>(s.streams_ondemand));
+  metric("ds_proxy_streams_full_total", "Stream descriptors answered with the full artifact.",
+         "counter", static_cast<double>(s.streams_full));
+  metric("ds_proxy_streams_pending_total", "Stream requests answered 202 (delta being made).",
+         "counter", static_cast<double>(s.streams_pending));
+  metric("ds_proxy_delta_bytes_saved_total",
+         "Full size minus delta size, summed over the delta stream descriptors answered.",
+         "counter", static_cast<double>(s.delta_bytes_saved));
+  metric("ds_proxy_ondemand_jobs_queued", "On-demand delta jobs waiting.", "gauge",
+         static_cast<double>(s.ondemand_queued));
+  metric("ds_proxy_ondemand_jobs_running", "On-demand delta jobs running.", "gauge",
+         static_cast<double>(s.ondemand_running));
+  metric("ds_proxy_ondemand_jobs_done_total", "On-demand delta jobs that made a delta.", "counter",
+         static_cast<double>(s.ondemand_done));
+  metric("ds_proxy_ondemand_jobs_not_worth_total",
+         "On-demand delta jobs whose delta was not smaller than the artifact.", "counter",
+         static_cast<double>(s.ondemand_not_worth));
+  metric("ds_proxy_ondemand_jobs_failed_total", "On-demand delta jobs that failed.", "counter",
+         static_cast<double>(s.ondemand_failed));
+  metric("ds_proxy_ondemand_jobs_refused_total", "On-demand delta jobs refused: queue full.",
+         "counter", static_cast<double>(s.ondemand_refused));
+  metric("ds_proxy_store_bytes", "Bytes of full artifacts and deltas kept under store/.", "gauge",
+         static_cast<double>(s.store_bytes));
+  metric("ds_proxy_rebuilds_total", "Full artifacts rebuilt from a keyframe and deltas.", "counter",
+         static_cast<double>(s.rebuilds));
+  metric("ds_proxy_rebuild_failures_total", "Rebuilds that failed (and answered 503).", "counter",
+         static_cast<double>(s.rebuild_failures));
+  metric("ds_proxy_store_chain_breaks_total",
+         "Versions kept in full because no chain of deltas reaches them.", "counter",
+         static_cast<double>(s.chain_breaks));
+  metric("ds_proxy_transient_relays_total", "Objects relayed without being kept (--store full).",
+         "counter", static_cast<double>(s.transient_relays));
+  metric("ds_proxy_ondemand_stored_bytes", "Bytes of on-demand patches and chunk maps stored.",
+         "gauge", static_cast<double>(s.ondemand_stored_bytes));
   return out;
 }
 
@@ -627,15 +1209,27 @@ Result<std::shared_ptr<Proxy>> RegisterProxyApi(net::Server* server, const Proxy
       return proxy->Serve(req, kind, sha);
     });
   };
-  route("/v1/blobs/{sha256}", ObjectKind::kBlob);
-  route("/v1/chunkmaps/{sha}", ObjectKind::kBlob);
   route("/v1/deltas/{id}/data", ObjectKind::kDeclared);
-  route("/v1/chunks/{sha}/{range}", ObjectKind::kOpaque);
+  // Blobs and chunk maps: the proxy's own on-demand objects first, then the cache.
+  for (const char* p : {"/v1/blobs/{sha256}", "/v1/chunkmaps/{sha}"}) {
+    server->Route("GET", p, [proxy](Request& req) -> Response {
+      const std::string sha = req.params.count("sha256") ? req.params["sha256"] : req.params["sha"];
+      if (!IsHex64(sha)) {
+        return Response::FromStatus(
+            Error(ErrorCode::kInvalidArgument, "an object is named by 64 lower-case hex digits"));
+      }
+      return proxy->ServeObject(req, sha);
+    });
+  }
+  server->Route("GET", "/v1/chunks/{sha}/{range}", [proxy](Request& req) -> Response {
+    return proxy->ServeChunk(req, req.params["sha"], req.params["range"]);
+  });
+  server->Route("GET", "/v1/artifacts/{artifact}/stream",
+                [proxy](Request& req) { return proxy->Stream(req); });
   for (const char* p :
        {"/v1/artifacts", "/v1/artifacts/{artifact}/versions", "/v1/artifacts/{artifact}/latest",
         "/v1/artifacts/{artifact}/versions/{version}", "/v1/artifacts/{artifact}/metadata",
-        "/v1/artifacts/{artifact}/deltas", "/v1/artifacts/{artifact}/stream", "/v1/deltas/{id}",
-        "/v1/jobs", "/v1/jobs/{id}"}) {
+        "/v1/artifacts/{artifact}/deltas", "/v1/deltas/{id}", "/v1/jobs", "/v1/jobs/{id}"}) {
     route(p, ObjectKind::kMutable);
   }
 

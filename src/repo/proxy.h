@@ -12,6 +12,16 @@
 //  - 404 answers, remembered in memory for a short TTL.
 // Every object is streamed to disk and served from its file: memory does not grow with sizes.
 //
+// Storage policy (--store): "both" keeps whatever passes through; "full" relays delta patches
+// without keeping them; "delta" keeps full artifacts only of keyframe versions and rebuilds the
+// others from the nearest keyframe through the signed deltas, checked against the signed hash.
+//
+// Delta streams (GET /v1/artifacts/{a}/stream) are answered by the proxy itself: the upstream's
+// delta when it offers one (source "upstream"), else a delta the proxy makes on demand from the
+// two full artifacts (source "on-demand"; repo/proxy_deltas.h), else the full artifact (source
+// "full"). While an on-demand job runs the answer is 202 + Retry-After (or the full artifact with
+// fallback=full).
+//
 // Concurrent misses for one object make one upstream fetch (single flight); the other requests
 // wait for it to complete. Upstream calls have connect and low-speed timeouts, and a circuit
 // breaker stops calling an upstream that failed N times in a row for a cool-down, then lets one
@@ -28,6 +38,7 @@
 
 #include "common/status.h"
 #include "net/http.h"
+#include "repo/proxy_store.h"
 
 namespace ds::repo {
 
@@ -47,6 +58,17 @@ struct ProxyOptions {
   std::string upstream_token;    // Bearer token for an upstream that requires read tokens.
   std::string upstream_ca_file;  // Trust anchor for an HTTPS upstream.
   std::string server_version = "deltastream";
+  // On-demand deltas (<cache_dir>/ondemand/): job workers (0 = never make deltas; streams are
+  // then the upstream's answer), jobs waiting at most, and the jobs' memory budget.
+  int ondemand_workers = 1;
+  size_t ondemand_queue = 16;
+  uint64_t ondemand_memory_budget = 4ull << 30;
+  // What is kept of artifacts and deltas (repo/proxy_store.h). kDelta keeps full artifacts only
+  // of every |keyframe_every|-th version (and of versions no chain of deltas reaches) under
+  // <cache_dir>/store/full/, the deltas of the chains under <cache_dir>/store/deltas/, and
+  // rebuilds other versions on request; kFull relays delta patches without keeping them.
+  StorePolicy store = StorePolicy::kBoth;
+  int keyframe_every = 8;
 };
 
 // How a cached object is checked before it is cached.
@@ -64,6 +86,17 @@ struct ProxyStats {
   uint64_t cache_bytes = 0, cache_entries = 0, evictions = 0;
   int breaker_state = 0;  // 0 closed, 1 open, 2 half-open.
   uint64_t breaker_opens = 0;
+  // Stream descriptors answered, by source; bytes saved by the delta ones (full - delta size).
+  uint64_t streams_upstream = 0, streams_ondemand = 0, streams_full = 0, streams_pending = 0;
+  uint64_t delta_bytes_saved = 0;
+  // On-demand delta jobs: waiting and running now; since start: ready, not worth, failed,
+  // refused (queue full).
+  uint64_t ondemand_queued = 0, ondemand_running = 0, ondemand_done = 0, ondemand_not_worth = 0;
+  uint64_t ondemand_failed = 0, ondemand_refused = 0, ondemand_stored_bytes = 0;
+  // Storage policy: bytes under store/, full artifacts rebuilt from deltas (and failures),
+  // versions kept in full because no chain reached them, objects relayed without being kept.
+  uint64_t store_bytes = 0, rebuilds = 0, rebuild_failures = 0, chain_breaks = 0;
+  uint64_t transient_relays = 0;
 };
 
 class Proxy {
@@ -79,6 +112,14 @@ class Proxy {
   // upstream. For kBlob, |expected_sha256| is the name's digest.
   net::Response Serve(const net::Request& req, ObjectKind kind,
                       const std::string& expected_sha256 = "");
+
+  // GET /v1/artifacts/{artifact}/stream[?from=SHA][&to=V][&fallback=full] (docs/API.md).
+  net::Response Stream(const net::Request& req);
+  // GET /v1/chunkmaps/{sha}, /v1/blobs/{sha} and /v1/chunks/{sha}/{range}: the proxy's own
+  // on-demand objects first, else the cache / upstream as Serve().
+  net::Response ServeObject(const net::Request& req, const std::string& sha256);
+  net::Response ServeChunk(const net::Request& req, const std::string& sha256,
+                           const std::string& range);
 
   // GET /v1/health of the upstream (when the breaker allows): its JSON body, or the failure.
   Result<std::string> UpstreamHealth();

@@ -28,6 +28,7 @@
 
 #include "common/bytes.h"
 #include "common/status.h"
+#include "stream/release.h"
 
 namespace ds::repo {
 
@@ -198,14 +199,11 @@ class Repository {
 // written 0600; public key files hold the hex public key.
 Status GenerateKeyPair(const std::string& secret_path, const std::string& public_path);
 
-// Verifies a metadata envelope against a pinned hex public key and returns the "signed" object's
-// canonical JSON text. Checks the signature (kBadSignature), the expiry against |now|
-// (kExpired), and that its version counter is >= |min_counter| (kRollback).
-Result<std::string> VerifyMetadata(std::string_view envelope, std::string_view public_key_hex,
-                                   int64_t now, uint64_t min_counter);
+// Verifying metadata is device-side code: stream::VerifyMetadata (src/stream/release.h).
+using stream::VerifyMetadata;
 
 // Semantic Versioning 2.0.0 precedence: <0, 0, >0; nullopt when either is not semver.
-std::optional<int> CompareSemver(std::string_view a, std::string_view b);
+using stream::CompareSemver;
 
 }  // namespace ds::repo
 

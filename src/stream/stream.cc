@@ -212,6 +212,7 @@ std::string DescriptorToJson(const StreamDescriptor& d) {
     j["delta_id"] = d.delta_id;
     j["base_sha256"] = d.base_sha256;
   }
+  if (!d.source.empty()) j["source"] = d.source;
   return j.dump();
 }
 
@@ -256,6 +257,13 @@ Result<StreamDescriptor> ParseDescriptor(std::string_view text) {
     u64("delta_id", &id);
     if (id > static_cast<uint64_t>(INT64_MAX)) missing = "delta_id";
     d.delta_id = static_cast<int64_t>(id);
+  }
+  if (auto it = j.find("source"); it != j.end()) {
+    if (it->is_string()) {
+      d.source = it->get<std::string>();
+    } else {
+      missing = "source";
+    }
   }
   if (!missing.empty()) {
     return Error(ErrorCode::kProtocol, "stream descriptor lacks a valid \"" + missing + "\"");

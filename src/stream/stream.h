@@ -106,6 +106,9 @@ struct StreamDescriptor {
   std::string chunk_map_sha256;
   std::string chunk_map_url;  // "/v1/chunkmaps/<chunk_map_sha256>"
   std::string chunks_url;     // "/v1/chunks/<sha256>/"; append "<first>-<last>".
+  // Optional; set by a proxy (docs/API.md, "Proxy role"): "upstream" (the master's signed delta,
+  // relayed), "on-demand" (an unsigned delta the proxy made) or "full". Empty: not serialized.
+  std::string source;
 
   bool is_delta() const { return kind == "delta"; }
 };

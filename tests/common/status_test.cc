@@ -50,6 +50,9 @@ constexpr CodeCase kAllCodes[] = {
     {ErrorCode::kTooLarge, 57, "too_large"},
     {ErrorCode::kUnavailable, 58, "unavailable"},
     {ErrorCode::kProtocol, 59, "protocol"},
+    {ErrorCode::kHealthCheck, 70, "health_check"},
+    {ErrorCode::kDeferred, 71, "deferred"},
+    {ErrorCode::kBusy, 72, "busy"},
 };
 
 TEST(StatusTest, CodeNumbersAreStable) {

@@ -24,9 +24,10 @@ std::vector<char*> Argv(std::vector<std::string>& storage) {
 }  // namespace
 
 RunResult RunProgram(const std::string& binary, const TempDir& dir,
-                     const std::vector<std::string>& args) {
+                     const std::vector<std::string>& args, const std::vector<std::string>& prefix) {
   const std::string out_path = dir.Join(".stdout"), err_path = dir.Join(".stderr");
-  std::vector<std::string> storage = {binary};
+  std::vector<std::string> storage = prefix;
+  storage.push_back(binary);
   storage.insert(storage.end(), args.begin(), args.end());
   std::vector<char*> argv = Argv(storage);
   const pid_t pid = ::fork();
@@ -56,11 +57,13 @@ RunResult RunProgram(const std::string& binary, const TempDir& dir,
 }
 
 ServerProcess::ServerProcess(const std::string& binary, const std::string& data_dir,
-                             const std::string& log_path, std::vector<std::string> extra) {
+                             const std::string& log_path, std::vector<std::string> extra,
+                             ServerLaunch launch) {
   port_file_ = data_dir + ".port";
   ::unlink(port_file_.c_str());
-  std::vector<std::string> storage = {binary,     "serve",       "--data-dir",  data_dir,
-                                      "--listen", "127.0.0.1:0", "--port-file", port_file_};
+  std::vector<std::string> storage = std::move(launch.prefix);
+  storage.insert(storage.end(), {binary, "serve", "--data-dir", data_dir, "--listen", launch.listen,
+                                 "--port-file", port_file_});
   storage.insert(storage.end(), extra.begin(), extra.end());
   std::vector<char*> argv = Argv(storage);
   pid_ = ::fork();

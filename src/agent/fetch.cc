@@ -1,0 +1,527 @@
+#include "agent/fetch.h"
+
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
+#include <thread>
+
+#include "agent/controller.h"
+#include "common/fs.h"
+#include "common/hash.h"
+#include "net/http.h"
+
+namespace ds::agent {
+namespace {
+
+using nlohmann::json;
+
+constexpr uint64_t kConsumePiece = 1 << 20;
+
+double CpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+// A file descriptor closed on scope exit.
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+Status PwriteAll(int fd, ByteView data, uint64_t offset, const std::string& path) {
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done,
+                               static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus("write " + path, errno);
+    }
+    done += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+Status PreadAll(int fd, std::span<uint8_t> out, uint64_t offset, const std::string& path) {
+  size_t done = 0;
+  while (done < out.size()) {
+    const ssize_t n =
+        ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus("read " + path, errno);
+    }
+    if (n == 0) return Error(ErrorCode::kIoError, "short read of " + path);
+    done += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+std::string BitmapHex(const std::vector<uint8_t>& bits) {
+  Bytes packed((bits.size() + 7) / 8, 0);
+  for (size_t i = 0; i < bits.size(); ++i) {
+    if (bits[i]) packed[i / 8] |= static_cast<uint8_t>(1u << (i % 8));
+  }
+  return ToHex(packed);
+}
+
+// For `status` only: resuming re-verifies the staging file itself.
+Status SaveProgress(const FetchSpec& spec, const std::vector<uint8_t>& bits) {
+  const json doc = {{"object", spec.object_sha256},
+                    {"route", spec.route},
+                    {"leaves", bits.size()},
+                    {"verified", BitmapHex(bits)}};
+  const std::string text = doc.dump();
+  return WriteFileAtomic(spec.progress_path, AsBytes(text), 0600);
+}
+
+struct Task {
+  uint64_t first = 0, last = 0;  // Leaves, inclusive.
+  size_t proxy = 0;
+  double start = 0;
+};
+
+// A worker's report: one verified leaf (is_leaf), or the end of a request.
+struct Completion {
+  bool is_leaf = false;
+  uint64_t leaf = 0;
+  Task task;
+  Status status;
+  uint64_t bytes = 0;  // Body bytes received.
+  int http_status = 0;
+  double first_byte = 0, end = 0;
+};
+
+// Feeds the consumer the verified prefix on its own thread.
+class ConsumerThread {
+ public:
+  ConsumerThread(ObjectConsumer* consumer, const std::string& path, uint64_t total)
+      : consumer_(consumer), path_(path), total_(total) {}
+  ~ConsumerThread() { Stop(); }
+
+  Status Start() {
+    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) return ErrnoStatus("open " + path_, errno);
+    thread_ = std::thread([this] { Run(); });
+    return Status::Ok();
+  }
+  void SetAvailable(uint64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    available_ = bytes;
+    cv_.notify_all();
+  }
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+      cv_.notify_all();
+    }
+    if (thread_.joinable()) thread_.join();
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+  // Applied bytes, and whether the consumer finished (or failed: status()).
+  uint64_t applied() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return applied_;
+  }
+  bool done() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_;
+  }
+  Status status() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return status_;
+  }
+  // Wakes |waiter| whenever progress is made.
+  void set_notify(std::function<void()> f) { notify_ = std::move(f); }
+
+ private:
+  void Run() {
+    Bytes buf(kConsumePiece);
+    uint64_t pos = 0;
+    Status s;
+    while (true) {
+      uint64_t avail;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || available_ > pos || pos == total_; });
+        if (stop_ && pos < total_) break;
+        avail = available_;
+      }
+      if (pos == total_) {
+        s = consumer_->Finish();
+        break;
+      }
+      const uint64_t n = std::min<uint64_t>(avail - pos, kConsumePiece);
+      s = PreadAll(fd_, std::span<uint8_t>(buf.data(), n), pos, path_);
+      if (s.ok()) s = consumer_->Consume(ByteView(buf.data(), n));
+      if (!s.ok()) break;
+      pos += n;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        applied_ = pos;
+      }
+      if (notify_) notify_();
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      status_ = s;
+      done_ = s.ok() && pos == total_;
+      failed_ = !s.ok();
+    }
+    if (notify_) notify_();
+  }
+
+  ObjectConsumer* consumer_;
+  std::string path_;
+  uint64_t total_;
+  int fd_ = -1;
+  std::thread thread_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t available_ = 0, applied_ = 0;
+  bool stop_ = false, done_ = false, failed_ = false;
+  Status status_;
+  std::function<void()> notify_;
+};
+
+bool IsLocal(const Status& s) {
+  return s.code() == ErrorCode::kIoError || s.code() == ErrorCode::kNoSpace;
+}
+
+}  // namespace
+
+double NowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+Status FetchObject(const AgentConfig& config, const FetchSpec& spec, ObjectConsumer* consumer,
+                   const EventSink& events, double start_time, FetchStats* stats) {
+  const stream::ChunkMap& map = *spec.map;
+  const uint64_t leaves = map.leaf_count();
+  const uint64_t total = map.total_size();
+  const uint64_t leaf = map.leaf_size();
+
+  // Staging file: created at full size (sparse) once; kept across runs for resume.
+  Fd out(::open(spec.staging_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (out.get() < 0) return ErrnoStatus("open " + spec.staging_path, errno);
+  if (::ftruncate(out.get(), static_cast<off_t>(total)) != 0) {
+    return ErrnoStatus("size " + spec.staging_path, errno);
+  }
+
+  // Resume: the staging file itself is the record of progress. Every leaf it holds data for is
+  // checked against the chunk map; holes (never written) are skipped with SEEK_DATA. A kill or a
+  // power cut can therefore lose at most the leaves that had not reached the disk yet, and a
+  // damaged leaf is simply fetched again.
+  std::vector<uint8_t> verified(leaves, 0);
+  {
+    Bytes buf(leaf);
+    for (uint64_t i = 0; i < leaves; ++i) {
+      const uint64_t off = map.LeafOffset(i), len = map.LeafLength(i);
+      const off_t data = ::lseek(out.get(), static_cast<off_t>(off), SEEK_DATA);
+      if (data < 0) break;  // ENXIO: no data after |off|.
+      if (static_cast<uint64_t>(data) >= off + len) {
+        i = static_cast<uint64_t>(data) / leaf - 1;  // Skip the hole.
+        continue;
+      }
+      std::span<uint8_t> piece(buf.data(), len);
+      if (PreadAll(out.get(), piece, off, spec.staging_path).ok() &&
+          map.VerifyChunk(i, ByteView(piece.data(), piece.size())).ok()) {
+        verified[i] = 1;
+        ++stats->leaves_resumed;
+      }
+    }
+  }
+
+  ControllerConfig ctl_config = config.controller;
+  ctl_config.leaf_size = leaf;
+  StreamController ctl(ctl_config);
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Task> tasks;
+  std::deque<Completion> done;
+  const int fd = out.get();
+  bool stop = false;
+
+  ConsumerThread applier(consumer, spec.staging_path, total);
+  applier.set_notify([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    cv.notify_all();
+  });
+  DS_RETURN_IF_ERROR(applier.Start());
+
+  // Fetch workers, each with its own keep-alive connection.
+  net::ClientOptions copts;
+  copts.bearer_token = config.token;
+  copts.ca_file = config.ca_file;
+  copts.connect_timeout_ms = config.connect_timeout_ms;
+  copts.low_speed_timeout_ms = config.stall_timeout_ms;
+  copts.max_body_bytes = std::max<uint64_t>(ctl_config.max_chunk, leaf) + leaf;
+  const int workers = std::max(1, ctl_config.max_in_flight);
+  std::vector<std::thread> pool;
+  for (int w = 0; w < workers; ++w) {
+    pool.emplace_back([&] {
+      net::Client client(copts);
+      while (true) {
+        Task t;
+        {
+          std::unique_lock<std::mutex> lock(mu);
+          cv.wait(lock, [&] { return stop || !tasks.empty(); });
+          if (stop) return;
+          t = tasks.front();
+          tasks.pop_front();
+        }
+        const std::string url = spec.base_urls[t.proxy] + spec.chunks_path +
+                                stream::ChunkRangeName(t.first, t.last);
+        // Leaves are verified and written as they complete, so a dropped connection or a kill
+        // loses less than one leaf per request.
+        Completion c;
+        c.task = t;
+        uint64_t cur = t.first;
+        Bytes pending;
+        pending.reserve(leaf);
+        auto on_data = [&](ByteView data) -> Status {
+          c.bytes += data.size();
+          while (!data.empty()) {
+            if (cur > t.last) {
+              return Error(ErrorCode::kProtocol, "more bytes than the chunk holds");
+            }
+            const uint64_t len = map.LeafLength(cur);
+            const size_t take = std::min<size_t>(data.size(), len - pending.size());
+            pending.insert(pending.end(), data.begin(), data.begin() + take);
+            data = data.subspan(take);
+            if (pending.size() < len) break;
+            DS_RETURN_IF_ERROR(map.VerifyChunk(cur, pending));
+            DS_RETURN_IF_ERROR(PwriteAll(fd, pending, map.LeafOffset(cur), spec.staging_path));
+            Completion leaf_done;
+            leaf_done.is_leaf = true;
+            leaf_done.leaf = cur;
+            {
+              std::lock_guard<std::mutex> lock(mu);
+              done.push_back(std::move(leaf_done));
+              cv.notify_all();
+            }
+            pending.clear();
+            ++cur;
+          }
+          return Status::Ok();
+        };
+        Result<net::ClientResponse> r = client.GetStream(url, on_data);
+        c.end = NowSeconds();
+        if (!r.ok()) {
+          c.status = r.status();
+        } else {
+          c.http_status = r->status;
+          c.first_byte = std::min(c.end, t.start + r->first_byte_seconds);
+          if (r->status != 200) {
+            c.bytes += r->body.size();
+            c.status = net::StatusFromResponse(*r);
+            if (c.status.ok()) {
+              c.status = Error(ErrorCode::kProtocol, "HTTP " + std::to_string(r->status));
+            }
+          } else if (cur <= t.last) {
+            c.status = Error(ErrorCode::kPatchTruncated, "the chunk ended early");
+          }
+        }
+        std::lock_guard<std::mutex> lock(mu);
+        done.push_back(std::move(c));
+        cv.notify_all();
+      }
+    });
+  }
+  auto shutdown = [&] {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stop = true;
+      cv.notify_all();
+    }
+    for (std::thread& t : pool) t.join();
+    applier.Stop();
+  };
+
+  std::vector<uint8_t> in_flight(leaves, 0);
+  int outstanding = 0;
+  uint64_t prefix = 0;  // Leaves verified from the start.
+  auto advance_prefix = [&] {
+    while (prefix < leaves && verified[prefix]) ++prefix;
+    applier.SetAvailable(prefix == leaves ? total : prefix * leaf);
+  };
+  advance_prefix();
+
+  std::mt19937_64 rng(static_cast<uint64_t>(NowSeconds() * 1e6) ^ reinterpret_cast<uintptr_t>(&mu));
+  int consecutive_failures = 0;
+  size_t proxy = 0;
+  double not_before = 0;  // Backoff: no new request before this time.
+  double last_event = 0;
+  double last_save = 0;
+  Status last_error;
+  uint64_t verified_bytes = 0;
+  for (uint64_t i = 0; i < leaves; ++i) {
+    if (verified[i]) verified_bytes += map.LeafLength(i);
+  }
+
+  auto emit = [&](double now, bool force) {
+    if (!events || (!force && now - last_event < 0.25)) return;
+    last_event = now;
+    Event e;
+    e.type = "progress";
+    e.artifact = spec.artifact;
+    e.message = spec.route;
+    e.done = verified_bytes;
+    e.total = total;
+    e.applied = applier.applied();
+    e.rate = ctl.throughput();
+    e.chunk_size = ctl.chunk_size();
+    e.in_flight = outstanding;
+    e.rtt = ctl.rtt();
+    e.elapsed = now - start_time;
+    events(e);
+  };
+
+  Status result;
+  while (true) {
+    const double now = NowSeconds();
+    if (applier.done()) break;
+    if (Status s = applier.status(); !s.ok()) {
+      result = s;
+      break;
+    }
+    const uint64_t applied = applier.applied();
+    ctl.OnApplyProgress(now, applied, verified_bytes - std::min(verified_bytes, applied));
+    ctl.OnCpuSample(now, CpuSeconds());
+    emit(now, false);
+
+    // Dispatch while the controller allows and no backoff is pending.
+    if (now >= not_before) {
+      const int limit = std::max(ctl.InFlightLimit(), outstanding == 0 ? 1 : 0);
+      uint64_t cursor = prefix;
+      while (outstanding < limit) {
+        while (cursor < leaves && (verified[cursor] || in_flight[cursor])) ++cursor;
+        if (cursor >= leaves) break;
+        uint64_t run_end = cursor;
+        while (run_end < leaves && !verified[run_end] && !in_flight[run_end]) ++run_end;
+        const uint64_t run_bytes =
+            (run_end == leaves ? total : run_end * leaf) - cursor * leaf;
+        const uint64_t want = ctl.NextChunkSize(run_bytes);
+        const uint64_t count =
+            std::clamp<uint64_t>((want + leaf - 1) / leaf, 1, run_end - cursor);
+        Task t{cursor, cursor + count - 1, proxy, now};
+        for (uint64_t i = t.first; i <= t.last; ++i) in_flight[i] = 1;
+        ++outstanding;
+        ++stats->requests;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          tasks.push_back(t);
+          cv.notify_all();
+        }
+        cursor = t.last + 1;
+      }
+    }
+
+    std::optional<Completion> c;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      const double wait = std::clamp(not_before - now, 0.02, 0.2);
+      cv.wait_for(lock, std::chrono::duration<double>(wait),
+                  [&] { return !done.empty() || applier.done() || !applier.status().ok(); });
+      if (!done.empty()) {
+        c = std::move(done.front());
+        done.pop_front();
+      }
+    }
+    if (!c) continue;
+    if (c->is_leaf) {
+      if (!verified[c->leaf]) {
+        verified[c->leaf] = 1;
+        verified_bytes += map.LeafLength(c->leaf);
+        advance_prefix();
+      }
+      if (now - last_save >= 1.0) {
+        last_save = now;
+        if (Status s = SaveProgress(spec, verified); !s.ok()) {
+          result = s;
+          break;
+        }
+      }
+      continue;
+    }
+    --outstanding;
+    for (uint64_t i = c->task.first; i <= c->task.last; ++i) in_flight[i] = 0;
+    stats->bytes_fetched += c->bytes;
+    const std::string range = stream::ChunkRangeName(c->task.first, c->task.last);
+    Status s = c->status;
+    if (s.ok()) {
+      consecutive_failures = 0;
+      ChunkSample sample;
+      sample.bytes = c->bytes;
+      sample.start = c->task.start;
+      sample.end = c->end;
+      sample.first_byte = c->first_byte;
+      ctl.OnChunkDone(sample);
+      continue;
+    }
+    if (IsLocal(s)) {  // Local disk trouble is not worth retrying.
+      result = s;
+      break;
+    }
+    // A failed request: back off, try the next proxy, give up after the retry budget.
+    ++stats->failures;
+    last_error = s.WithContext("chunk " + range);
+    ctl.OnChunkFailed(c->end);
+    ++consecutive_failures;
+    if (events) {
+      Event e;
+      e.type = "retry";
+      e.artifact = spec.artifact;
+      e.message = last_error.ToString();
+      e.elapsed = c->end - start_time;
+      events(e);
+    }
+    if (consecutive_failures > config.retry_budget) {
+      result = last_error.WithContext("retry budget of " + std::to_string(config.retry_budget) +
+                                      " spent");
+      break;
+    }
+    if (spec.base_urls.size() > 1) proxy = (proxy + 1) % spec.base_urls.size();
+    const double base = std::min<double>(
+        static_cast<double>(config.backoff_max_ms),
+        static_cast<double>(config.backoff_initial_ms) * std::pow(2.0, consecutive_failures - 1));
+    std::uniform_real_distribution<double> jitter(0.5, 1.0);
+    not_before = c->end + base * jitter(rng) / 1000.0;
+  }
+  shutdown();
+  if (Status s = SaveProgress(spec, verified); result.ok() && !s.ok()) result = s;
+  if (result.ok()) {
+    result = applier.status();
+    if (result.ok() && !applier.done()) result = Error(ErrorCode::kInternal, "download stopped");
+  }
+  emit(NowSeconds(), true);
+  return result;
+}
+
+}  // namespace ds::agent
