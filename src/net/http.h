@@ -171,11 +171,11 @@ class Client {
                              const std::vector<std::pair<std::string, std::string>>& headers = {});
   Result<ClientResponse> Send(const std::string& method, const std::string& url, std::string body,
                               const std::vector<std::pair<std::string, std::string>>& headers = {});
-  // A GET whose 2xx body goes to |on_data| piece by piece as it arrives (the body is not kept);
-  // an error from |on_data| aborts the transfer and is returned. A non-2xx body is kept in the
-  // response (its first MiB).
+  // A GET whose 2xx body goes to |on_data| (with the HTTP status, e.g. 200 or 206) piece by
+  // piece as it arrives (the body is not kept); an error from |on_data| aborts the transfer and
+  // is returned. A non-2xx body is kept in the response (its first MiB).
   Result<ClientResponse> GetStream(
-      const std::string& url, const std::function<Status(ByteView)>& on_data,
+      const std::string& url, const std::function<Status(int, ByteView)>& on_data,
       const std::vector<std::pair<std::string, std::string>>& headers = {});
   // Uploads a file as the request body, streamed from disk.
   Result<ClientResponse> UploadFile(const std::string& method, const std::string& url,

@@ -52,7 +52,8 @@ struct Transfer {
   bool uploading = false;
   uint64_t max_body = 0;  // For in-memory bodies; 0: no limit.
   // Streamed body (GetStream); like |download|, only for a 2xx answer.
-  const std::function<Status(ByteView)>* stream = nullptr;
+  const std::function<Status(int, ByteView)>* stream = nullptr;
+  int code = 0;  // HTTP status, once known.
 };
 
 size_t OnHeader(char* data, size_t size, size_t n, void* user) {
@@ -80,11 +81,13 @@ size_t OnWrite(char* data, size_t size, size_t n, void* user) {
     long code = 0;  // NOLINT(runtime/int): curl's type.
     curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &code);
     t->to_file = code >= 200 && code < 300;
+    t->code = static_cast<int>(code);
     t->download_decided = true;
   }
   if (t->to_file) {
     const ByteView piece(reinterpret_cast<const uint8_t*>(data), bytes);
-    Status s = t->stream != nullptr ? (*t->stream)(piece) : t->download->Append(piece);
+    Status s =
+        t->stream != nullptr ? (*t->stream)(t->code, piece) : t->download->Append(piece);
     if (!s.ok()) {
       t->callback_error = std::move(s);
       return 0;  // Aborts the transfer.
@@ -234,7 +237,7 @@ Result<ClientResponse> Client::Get(
 }
 
 Result<ClientResponse> Client::GetStream(
-    const std::string& url, const std::function<Status(ByteView)>& on_data,
+    const std::string& url, const std::function<Status(int, ByteView)>& on_data,
     const std::vector<std::pair<std::string, std::string>>& headers) {
   Transfer t;
   t.stream = &on_data;

@@ -54,7 +54,7 @@ inline void WriteExecutable(const std::string& path, const Bytes& data) {
 class PublishedMaster {
  public:
   PublishedMaster(const TempDir& dir, const Bytes& v1, const Bytes& v2, ServerLaunch launch = {})
-      : dir_(dir) {
+      : dir_(dir), prefix_(launch.prefix) {
     WriteExecutable(dir.Join("v1"), v1);
     WriteExecutable(dir.Join("v2"), v2);
     server_ = std::make_unique<ServerProcess>(kDs, dir.Join("master"), dir.Join("master.log"),
@@ -67,7 +67,7 @@ class PublishedMaster {
       args.insert(args.end(), client.begin(), client.end());
       args.insert(args.end(), {"--artifact", "app", "--version", version, file});
       if (wait) args.push_back("--wait");
-      RunResult r = RunProgram(kDs, dir_, args);
+      RunResult r = RunProgram(kDs, dir_, args, prefix_);
       EXPECT_EQ(r.exit_code, 0) << r.err;
     };
     publish("1.0.0", dir.Join("v1"), false);
@@ -84,13 +84,15 @@ class PublishedMaster {
   // The signed part of the metadata, verified by `deltastream metadata`.
   nlohmann::json Metadata() const {
     RunResult r = RunProgram(kDs, dir_, {"metadata", "--server", url(), "--public-key",
-                                         dir_.Join("master/keys/signing.pub"), "app"});
+                                         dir_.Join("master/keys/signing.pub"), "app"},
+                             prefix_);
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return nlohmann::json::parse(r.out);
   }
 
  private:
   const TempDir& dir_;
+  std::vector<std::string> prefix_;  // Runs the CLI where the server is (a namespace).
   std::unique_ptr<ServerProcess> server_;
   std::string public_key_;
 };
@@ -121,7 +123,10 @@ inline std::vector<nlohmann::json> JsonLines(const std::string& out) {
   while (start < out.size()) {
     size_t end = out.find('\n', start);
     if (end == std::string::npos) end = out.size();
-    if (end > start) lines.push_back(nlohmann::json::parse(out.substr(start, end - start)));
+    // Error messages on stderr may be interleaved when both go to one log.
+    if (end > start && out[start] == '{') {
+      lines.push_back(nlohmann::json::parse(out.substr(start, end - start)));
+    }
     start = end + 1;
   }
   return lines;
