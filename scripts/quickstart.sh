@@ -4,8 +4,10 @@
 # repository (`deltastream serve`) on a free local port with a fresh data directory, publishes two
 # real versions of a real binary (esbuild 0.28.1 -> 0.28.2 from the npm registry), waits for the
 # master to make the delta, verifies the signed release metadata with the pinned public key,
-# downloads the delta, applies it to the old version, checks the result against the signed
-# SHA-256 and byte for byte, and prints sizes, ratios and times.
+# starts a proxy in front of the master, and has the device agent (deltastream-agent) update a
+# copy of the old version through the proxy: verified chunked delta stream, apply, result checked
+# against the signed SHA-256, atomic install. Checks the installed file byte for byte and prints
+# sizes, ratios and times.
 #
 #   scripts/quickstart.sh [PAIR_ID]   (any id from bench/corpus.tsv; default esbuild-patch)
 set -euo pipefail
@@ -14,14 +16,15 @@ pair=${1:-esbuild-patch}
 
 scripts/install-deps.sh --bench
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-ninja -C build deltastream
+ninja -C build deltastream deltastream-agent
 
 # Fetch just this pair with the benchmark's own fetcher.
 table=$(mktemp)
 work=$(mktemp -d)
 server_pid=
+proxy_pid=
 cleanup() {
-  if [[ -n "$server_pid" ]]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  for pid in $proxy_pid $server_pid; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   rm -rf "$table" "$work"
 }
 trap cleanup EXIT
@@ -58,19 +61,35 @@ t2=$(now)
 "$ds" metadata "${client[@]}" "$pair" --public-key "$work/data/keys/signing.pub" \
   >"$work/metadata.json"
 new_sha=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print([v["sha256"] for v in m["versions"] if v["version"]==sys.argv[2]][0])' "$work/metadata.json" "$new_version")
-delta_url=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); d=[d for d in m["deltas"] if d["from"]==sys.argv[2] and d["to"]==sys.argv[3]]; print("/v1/deltas/%d/data" % d[0]["id"] if d else "")' "$work/metadata.json" "$old_version" "$new_version")
-[[ -n "$delta_url" ]] || { echo "quickstart: the master made no delta (see $work/server.log)" >&2; exit 1; }
+delta_id=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); d=[d for d in m["deltas"] if d["from"]==sys.argv[2] and d["to"]==sys.argv[3]]; print(d[0]["id"] if d else "")' "$work/metadata.json" "$old_version" "$new_version")
+[[ -n "$delta_id" ]] || { echo "quickstart: the master made no delta (see $work/server.log)" >&2; exit 1; }
+
+# A proxy in front of the master, and a device (the agent) holding the old version.
+"$ds" serve --role proxy --upstream "$server" --data-dir "$work/proxy" --listen 127.0.0.1:0 \
+  --port-file "$work/proxy.port" 2>"$work/proxy.log" &
+proxy_pid=$!
+for _ in $(seq 100); do [[ -s "$work/proxy.port" ]] && break; sleep 0.1; done
+[[ -s "$work/proxy.port" ]] || { cat "$work/proxy.log" >&2; exit 1; }
+proxy="http://$(cat "$work/proxy.port")"
+echo "proxy:  $proxy"
+mkdir -p "$work/device"
+cp "$old" "$work/device/$pair"
+agent=(build/src/agent/deltastream-agent --proxy "$proxy" --public-key-file "$work/data/keys/signing.pub"
+       --state-dir "$work/agent-state" --artifact "$pair=$work/device/$pair")
+"${agent[@]}" check
 t3=$(now)
-curl -fsS -o "$work/patch" "$server$delta_url"
-"$ds" apply "$old" "$work/patch" -o "$work/rebuilt"
+"${agent[@]}" --json update >"$work/agent.jsonl"
 t4=$(now)
-[[ "$(sha256sum "$work/rebuilt" | cut -d' ' -f1)" == "$new_sha" ]]
-cmp "$work/rebuilt" "$new"
+[[ "$(sha256sum "$work/device/$pair" | cut -d' ' -f1)" == "$new_sha" ]]
+cmp "$work/device/$pair" "$new"
+"${agent[@]}" status >/dev/null
 zstd -q -19 --long=27 -c "$new" >"$work/full.zst"
 
 old_size=$(stat -c %s "$old")
 new_size=$(stat -c %s "$new")
-patch_size=$(stat -c %s "$work/patch")
+patch_size=$(python3 -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if "\"result\"" in l][-1]["bytes_fetched"])' "$work/agent.jsonl")
+route=$(python3 -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if "\"result\"" in l][-1]["route"])' "$work/agent.jsonl")
+[[ "$route" == delta ]] || { echo "quickstart: the agent took route $route" >&2; exit 1; }
 full_size=$(stat -c %s "$work/full.zst")
 echo
 echo "pair              $pair ($(cat "bench/corpus/$pair/SOURCE"))"
@@ -78,13 +97,15 @@ printf 'old               %12d B\n' "$old_size"
 printf 'new               %12d B\n' "$new_size"
 printf 'full, zstd -19    %12d B  (%.2f%% of new)\n' "$full_size" \
   "$(echo "100 * $full_size / $new_size" | bc -l)"
-printf 'delta             %12d B  (%.2f%% of new, %.1fx smaller than the full download)\n' \
+printf 'delta fetched     %12d B  (%.2f%% of new, %.1fx smaller than the full download)\n' \
   "$patch_size" "$(echo "100 * $patch_size / $new_size" | bc -l)" \
   "$(echo "$full_size / $patch_size" | bc -l)"
 printf 'publish old       %12.2f s\n' "$(echo "$t1 - $t0" | bc -l)"
 printf 'publish new+delta %12.2f s  (upload, then the master makes and verifies the delta)\n' \
   "$(echo "$t2 - $t1" | bc -l)"
-printf 'fetch+apply       %12.2f s  (signed metadata verified; result matches its signed SHA-256)\n' \
+printf 'agent update      %12.2f s  (via the proxy: signed metadata, verified chunks, apply,\n' \
   "$(echo "$t4 - $t3" | bc -l)"
+echo '                                 result = signed SHA-256, atomic install)'
 echo
+curl -fsS -o "$work/patch" "$proxy/v1/deltas/$delta_id/data"
 "$ds" inspect "$work/patch"
