@@ -1,18 +1,40 @@
-// Fuzzes the delta stream's parsers of untrusted bytes: the chunk map serialization and the
-// stream descriptor JSON (src/stream). No crash, no large allocation, self-consistent results.
+// Fuzzes the delta stream's parsers of untrusted bytes: the chunk map serialization, the stream
+// descriptor JSON, and signed release metadata (envelope verification, the signed content's
+// parser, semver order) (src/stream). No crash, no large allocation, self-consistent results.
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
 
 #include "fuzz_util.h"
+#include "stream/release.h"
 #include "stream/stream.h"
 
-// Input: selector byte; 0 = chunk map (then the serialization, followed by chunk bytes after
-// a split point taken from the second byte), 1 = descriptor JSON.
+// Input: selector byte (mod 3); 0 = chunk map (then the serialization, followed by chunk bytes
+// after a split point taken from the second byte), 1 = descriptor JSON, 2 = release metadata.
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 2) return 0;
   const ds::ByteView rest(data + 2, size - 2);
-  if ((data[0] & 1) == 0) {
+  const int selector = data[0] % 3;
+  if (selector == 2) {
+    const std::string_view text(reinterpret_cast<const char*>(rest.data()), rest.size());
+    // An envelope never verifies without the key's signature; it must fail cleanly.
+    const std::string key(64, 'a');
+    FUZZ_CHECK(!ds::stream::VerifyMetadata(text, key, 0, 0).ok());
+    // The signed content's parser, as if the signature had been good.
+    ds::Result<ds::stream::Release> r = ds::stream::ParseRelease(text);
+    if (r.ok()) {
+      if (!r->latest.empty()) FUZZ_CHECK(r->FindVersion(r->latest) != nullptr);
+      for (const auto& v : r->versions) {
+        FUZZ_CHECK(v.sha256.size() == 64);
+        FUZZ_CHECK(r->FindVersionBySha256(v.sha256) != nullptr);
+        // Semver order is antisymmetric.
+        const auto a = ds::stream::CompareSemver(v.version, r->latest);
+        const auto b = ds::stream::CompareSemver(r->latest, v.version);
+        FUZZ_CHECK(a.has_value() == b.has_value());
+        if (a) FUZZ_CHECK(*a == -*b);
+      }
+    }
+  } else if (selector == 0) {
     ds::Result<ds::stream::ChunkMapHeader> head = ds::stream::ParseChunkMapHeader(rest);
     ds::Result<ds::stream::ChunkMap> map = ds::stream::ParseChunkMap(rest);
     if (map.ok()) {

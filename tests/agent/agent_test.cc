@@ -4,9 +4,12 @@
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -280,6 +283,28 @@ TEST_F(AgentTest, ASecondAgentOnTheSameStateIsRefused) {
   EXPECT_EQ(up.exit_code, static_cast<int>(ErrorCode::kBusy)) << up.err;
   ::close(fd);
   EXPECT_EQ(FileSha(install_), Sha(v1_));
+}
+
+// The installed file lives on a filesystem without room for the new version: the agent says so
+// before downloading anything and leaves the installed version alone.
+TEST_F(AgentTest, RefusesToStartWithoutDiskSpace) {
+  const std::string mnt = dir_.Join("small");
+  ASSERT_EQ(::mkdir(mnt.c_str(), 0755), 0);
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=6m") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << std::strerror(errno);
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  const std::string install = mnt + "/app";
+  WriteExecutable(install, v1_);  // 4 MiB of 6: no room for another 4 MiB.
+  WriteAgentConfig(dir_, {master_->url()}, master_->public_key(), install);
+  RunResult up = Agent({"update"});
+  EXPECT_EQ(up.exit_code, static_cast<int>(ErrorCode::kNoSpace)) << up.err;
+  EXPECT_EQ(FileSha(install), Sha(v1_));
+  const auto lines = JsonLines(up.out);
+  EXPECT_TRUE(Last(lines, "progress").is_null()) << "a download started";
 }
 
 }  // namespace
