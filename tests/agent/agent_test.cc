@@ -285,6 +285,56 @@ TEST_F(AgentTest, ASecondAgentOnTheSameStateIsRefused) {
   EXPECT_EQ(FileSha(install_), Sha(v1_));
 }
 
+// The whole chain: a master that keeps deltas from the previous version only, a proxy in front
+// of it, and a device two versions behind. The proxy makes the missing delta on demand (the agent
+// waits out its Retry-After), the agent takes it as an unsigned delta and installs the result
+// only because it matches the signed hash.
+TEST(AgentSystemTest, TakesAProxysOnDemandDelta) {
+  TempDir dir;
+  Bytes v1, v2, v3;
+  std::tie(v1, v2) = MakeVersions(4 << 20, 24, 16 << 10, 11);
+  v3 = v2;  // v3: more edits on top of v2's, so no v1 -> v3 delta exists on the master.
+  std::mt19937_64 rng(99);
+  for (int e = 0; e < 16; ++e) {
+    const size_t at = rng() % (v3.size() - (8 << 10));
+    for (size_t k = 0; k < (8u << 10); ++k) v3[at + k] = static_cast<uint8_t>(rng());
+  }
+  ServerProcess master(kDs, dir.Join("master"), dir.Join("master.log"),
+                       {"--delta-history", "1"});
+  ASSERT_FALSE(master.url().empty());
+  int n = 0;
+  for (const Bytes* v : {&v1, &v2, &v3}) {
+    const std::string file = dir.Join("v" + std::to_string(++n));
+    WriteExecutable(file, *v);
+    RunResult r = RunProgram(kDs, dir,
+                             {"publish", "--server", master.url(), "--token-file",
+                              dir.Join("master/admin.token"), "--artifact", "app", "--version",
+                              std::to_string(n) + ".0.0", file, "--wait"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  ServerProcess proxy(kDs, dir.Join("proxy"), dir.Join("proxy.log"),
+                      {"--role", "proxy", "--upstream", master.url()});
+  ASSERT_FALSE(proxy.url().empty());
+  Result<Bytes> key = ReadFile(dir.Join("master/keys/signing.pub"));
+  ASSERT_TRUE(key.ok());
+  std::string pub(key->begin(), key->end());
+  while (!pub.empty() && pub.back() == '\n') pub.pop_back();
+  const std::string install = dir.Join("installed-app");
+  WriteExecutable(install, v1);
+  WriteAgentConfig(dir, {proxy.url()}, pub, install);
+  RunResult up = RunProgram(kAgent, dir, {"--config", dir.Join("agent.json"), "--json", "update"});
+  ASSERT_EQ(up.exit_code, 0) << up.err << up.out;
+  EXPECT_EQ(FileSha(install), Sha(v3));
+  const auto lines = JsonLines(up.out);
+  const json result = Last(lines, "result");
+  EXPECT_EQ(result["route"], "delta");
+  EXPECT_EQ(result["from"], "1.0.0");
+  EXPECT_EQ(result["to"], "3.0.0");
+  EXPECT_LT(result["bytes_fetched"].get<uint64_t>(), v3.size() / 2);
+  const std::string route = Last(lines, "route")["message"];
+  EXPECT_NE(route.find("unsigned delta (on-demand)"), std::string::npos) << route;
+}
+
 // The installed file lives on a filesystem without room for the new version: the agent says so
 // before downloading anything and leaves the installed version alone.
 TEST_F(AgentTest, RefusesToStartWithoutDiskSpace) {
