@@ -196,45 +196,162 @@ Status SaveState(const std::string& path, const ArtifactState& st) {
 
 // ---- Consumers: what the verified object bytes turn into ----
 
-// Writes the rebuilt file beside the installed one, hashing what it writes.
-class InstallSink : public delta::OutputSink {
+// The new version being built beside the installed one, "<install>.ds-new". Unlike a temporary
+// file it survives a killed agent: with the applier's checkpoint it is where the next run
+// continues. Commit() makes it the installed file atomically.
+class StagedOutput {
  public:
-  explicit InstallSink(AtomicFileWriter* w) : w_(w) {}
-  Status Write(ByteView data) override {
-    hash_.Update(data);
-    size_ += data.size();
-    return w_->Append(data);
+  static Result<std::unique_ptr<StagedOutput>> Open(const std::string& dest, mode_t mode) {
+    const std::string path = dest + ".ds-new";
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return ErrnoStatus("open " + path, errno);
+    auto out = std::unique_ptr<StagedOutput>(new StagedOutput(fd, path, dest, mode));
+    const off_t end = ::lseek(fd, 0, SEEK_END);
+    if (end < 0) return ErrnoStatus("seek " + path, errno);
+    out->size_ = static_cast<uint64_t>(end);
+    return out;
   }
-  Status ReadBack(uint64_t offset, std::span<uint8_t> out) override {
-    return w_->ReadBack(offset, out);
+  ~StagedOutput() {
+    if (fd_ >= 0) ::close(fd_);
   }
-  std::string Digest() { return ToHex(hash_.Finish()); }
   uint64_t size() const { return size_; }
+  Status Truncate(uint64_t size) {
+    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) return ErrnoStatus("truncate " + path_, errno);
+    size_ = size;
+    return Status::Ok();
+  }
+  Status Append(ByteView data) {
+    size_t done = 0;
+    while (done < data.size()) {
+      const ssize_t n = ::pwrite(fd_, data.data() + done, data.size() - done,
+                                 static_cast<off_t>(size_ + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoStatus("write " + path_, errno);
+      }
+      done += static_cast<size_t>(n);
+    }
+    size_ += data.size();
+    return Status::Ok();
+  }
+  Status ReadAt(uint64_t offset, std::span<uint8_t> out) const {
+    size_t done = 0;
+    while (done < out.size()) {
+      const ssize_t n = ::pread(fd_, out.data() + done, out.size() - done,
+                                static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return Error(ErrorCode::kIoError, "read back " + path_);
+      done += static_cast<size_t>(n);
+    }
+    return Status::Ok();
+  }
+  Status Sync() {
+    if (::fdatasync(fd_) != 0) return ErrnoStatus("fsync " + path_, errno);
+    return Status::Ok();
+  }
+  // fsync, permission bits, rename over the destination, fsync of the directory.
+  Status Commit() {
+    DS_RETURN_IF_ERROR(Sync());
+    if (::fchmod(fd_, mode_) != 0) return ErrnoStatus("chmod " + path_, errno);
+    if (::rename(path_.c_str(), dest_.c_str()) != 0) {
+      return ErrnoStatus("rename " + path_ + " over " + dest_, errno);
+    }
+    return FsyncDir(DirOf(dest_));
+  }
 
  private:
-  AtomicFileWriter* w_;
-  Sha256 hash_;
+  StagedOutput(int fd, std::string path, std::string dest, mode_t mode)
+      : fd_(fd), path_(std::move(path)), dest_(std::move(dest)), mode_(mode) {}
+  int fd_;
+  std::string path_, dest_;
+  mode_t mode_;
   uint64_t size_ = 0;
 };
 
-// The full artifact: copied as it arrives.
+// Writes the rebuilt file to the staged output, hashing what it writes.
+class InstallSink : public delta::OutputSink {
+ public:
+  explicit InstallSink(StagedOutput* w) : w_(w) {}
+  Status Write(ByteView data) override {
+    hash_.Update(data);
+    return w_->Append(data);
+  }
+  Status ReadBack(uint64_t offset, std::span<uint8_t> out) override {
+    return w_->ReadAt(offset, out);
+  }
+  // Keeps the first |size| bytes already in the output (hashing them) and drops the rest.
+  Status KeepPrefix(uint64_t size) {
+    hash_.Finish();  // Resets.
+    DS_RETURN_IF_ERROR(w_->Truncate(size));
+    Bytes buf(1 << 20);
+    for (uint64_t off = 0; off < size;) {
+      const uint64_t n = std::min<uint64_t>(buf.size(), size - off);
+      DS_RETURN_IF_ERROR(w_->ReadAt(off, std::span<uint8_t>(buf.data(), n)));
+      hash_.Update(ByteView(buf.data(), n));
+      off += n;
+    }
+    return Status::Ok();
+  }
+  std::string Digest() { return ToHex(hash_.Finish()); }
+  uint64_t size() const { return w_->size(); }
+  StagedOutput* output() { return w_; }
+
+ private:
+  StagedOutput* w_;
+  Sha256 hash_;
+};
+
+// The full artifact: copied as it arrives. The output itself is the checkpoint: a restart keeps
+// the part of it that is within the verified prefix (and checks it in the final hash).
 class CopyConsumer : public ObjectConsumer {
  public:
   explicit CopyConsumer(InstallSink* sink) : sink_(sink) {}
+  Result<uint64_t> Start(const ReadFn&, uint64_t verified_prefix) override {
+    const uint64_t keep = std::min(sink_->output()->size(), verified_prefix);
+    DS_RETURN_IF_ERROR(sink_->KeepPrefix(keep));
+    return keep;
+  }
   Status Consume(ByteView data) override { return sink_->Write(data); }
-  Status Finish() override { return Status::Ok(); }
+  Status Finish() override { return sink_->output()->Sync(); }
 
  private:
   InstallSink* sink_;
 };
 
-// A patch (DSPF or VCDIFF, told apart by its first bytes) applied to the installed file.
+// A patch (DSPF or VCDIFF, told apart by its first bytes) applied to the installed file. DSPF
+// patches are checkpointed after every segment (the output synced, then "apply.json" written),
+// so a restarted agent continues applying from the last completed segment.
 class PatchConsumer : public ObjectConsumer {
  public:
-  PatchConsumer(const delta::OldSource* old, InstallSink* sink) : old_(old), sink_(sink) {
+  PatchConsumer(const delta::OldSource* old, InstallSink* sink, std::string checkpoint_path,
+                std::string object_sha256)
+      : old_(old),
+        sink_(sink),
+        checkpoint_path_(std::move(checkpoint_path)),
+        object_(std::move(object_sha256)) {
     // The agent hashed the installed file itself before choosing this delta.
     limits_.verify_old_hash = false;
   }
+
+  Result<uint64_t> Start(const ReadFn& read, uint64_t verified_prefix) override {
+    std::optional<Saved> saved = LoadCheckpoint();
+    if (saved && saved->cp.patch_offset <= verified_prefix &&
+        saved->cp.output_bytes <= sink_->output()->size()) {
+      Bytes header(saved->header_size);
+      auto applier = std::make_unique<delta::PatchApplier>(old_, sink_, limits_);
+      if (read(0, header).ok() && applier->Write(header).ok() && applier->header_parsed() &&
+          applier->header_size() == saved->header_size && applier->ResumeAt(saved->cp).ok()) {
+        DS_RETURN_IF_ERROR(sink_->KeepPrefix(saved->cp.output_bytes));
+        dspf_ = std::move(applier);
+        InstallCheckpoints();
+        return saved->cp.patch_offset;
+      }
+    }
+    ::unlink(checkpoint_path_.c_str());
+    DS_RETURN_IF_ERROR(sink_->KeepPrefix(0));
+    return 0;
+  }
+
   Status Consume(ByteView data) override {
     if (dspf_ == nullptr && vcdiff_ == nullptr) {
       head_.insert(head_.end(), data.begin(), data.end());
@@ -242,6 +359,7 @@ class PatchConsumer : public ObjectConsumer {
       switch (delta::DetectPatchFormat(head_)) {
         case delta::PatchFormat::kDspf:
           dspf_ = std::make_unique<delta::PatchApplier>(old_, sink_, limits_);
+          InstallCheckpoints();
           break;
         case delta::PatchFormat::kVcdiff:
           vcdiff_ = std::make_unique<delta::VcdiffApplier>(old_, sink_, limits_);
@@ -255,16 +373,54 @@ class PatchConsumer : public ObjectConsumer {
     return Write(data);
   }
   Status Finish() override {
-    if (dspf_) return dspf_->Finish();
-    if (vcdiff_) return vcdiff_->Finish();
-    return Error(ErrorCode::kPatchTruncated, "the delta is shorter than its magic");
+    if (dspf_) DS_RETURN_IF_ERROR(dspf_->Finish());
+    else if (vcdiff_) DS_RETURN_IF_ERROR(vcdiff_->Finish());
+    else return Error(ErrorCode::kPatchTruncated, "the delta is shorter than its magic");
+    return sink_->output()->Sync();
   }
 
  private:
+  struct Saved {
+    delta::ApplyCheckpoint cp;
+    uint64_t header_size = 0;
+  };
+
+  std::optional<Saved> LoadCheckpoint() {
+    Result<Bytes> text = ReadFile(checkpoint_path_, 4096);
+    if (!text.ok()) return std::nullopt;
+    try {
+      const json j = json::parse(text->begin(), text->end());
+      if (j.at("object").get<std::string>() != object_) return std::nullopt;
+      Saved s;
+      s.header_size = j.at("header_size").get<uint64_t>();
+      s.cp.patch_offset = j.at("patch_offset").get<uint64_t>();
+      s.cp.segments_done = j.at("segments_done").get<uint64_t>();
+      s.cp.output_bytes = j.at("output_bytes").get<uint64_t>();
+      if (s.header_size == 0 || s.header_size > (1 << 20)) return std::nullopt;
+      return s;
+    } catch (const json::exception&) {
+      return std::nullopt;
+    }
+  }
+
+  void InstallCheckpoints() {
+    dspf_->SetCheckpointCallback([this](const delta::ApplyCheckpoint& cp) -> Status {
+      // The output first, then the record that it is there.
+      DS_RETURN_IF_ERROR(sink_->output()->Sync());
+      const json j = {{"object", object_},
+                      {"header_size", dspf_->header_size()},
+                      {"patch_offset", cp.patch_offset},
+                      {"segments_done", cp.segments_done},
+                      {"output_bytes", cp.output_bytes}};
+      return WriteFileAtomic(checkpoint_path_, AsBytes(j.dump()), 0600);
+    });
+  }
+
   Status Write(ByteView data) { return dspf_ ? dspf_->Write(data) : vcdiff_->Write(data); }
 
   const delta::OldSource* old_;
   InstallSink* sink_;
+  std::string checkpoint_path_, object_;
   delta::ApplyLimits limits_;
   Bytes head_;
   std::unique_ptr<delta::PatchApplier> dspf_;
@@ -372,7 +528,7 @@ class Agent::Impl {
   Status Download(Context& ctx, const stream::ReleaseVersion& target,
                   const stream::StreamDescriptor& d, UpdateResult* out);
   Status Install(Context& ctx, const stream::ReleaseVersion& target,
-                 std::unique_ptr<AtomicFileWriter> writer);
+                 std::unique_ptr<StagedOutput> writer);
   Status RunHealthCheck(const ManagedArtifact& art, const std::string& version);
   Status RestorePrevious(Context& ctx);
   Status RunHealthCheckOrRollBack(Context& ctx, const stream::ReleaseVersion& target,
@@ -494,6 +650,7 @@ Status Agent::Impl::Download(Context& ctx, const stream::ReleaseVersion& target,
   const std::string marker = dl + "/object.sha256";
   Result<Bytes> prev_marker = ReadFile(marker, 256);
   if (!prev_marker.ok() || std::string(prev_marker->begin(), prev_marker->end()) != d.sha256) {
+    ::unlink((ctx.art->install_path + ".ds-new").c_str());  // Output of the other object.
     DS_RETURN_IF_ERROR(RemoveTree(dl));
     DS_RETURN_IF_ERROR(MakeDir(dl, 0700));
     DS_RETURN_IF_ERROR(WriteFileAtomic(marker, AsBytes(d.sha256), 0600));
@@ -522,8 +679,8 @@ Status Agent::Impl::Download(Context& ctx, const stream::ReleaseVersion& target,
   if (!ctx.installed_sha256.empty()) {
     DS_ASSIGN_OR_RETURN(mode, FileMode(ctx.art->install_path));
   }
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> writer,
-                      AtomicFileWriter::Create(ctx.art->install_path, mode));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<StagedOutput> writer,
+                      StagedOutput::Open(ctx.art->install_path, mode));
   InstallSink sink(writer.get());
   std::unique_ptr<RandomAccessFile> old_file;
   std::unique_ptr<delta::FileOldSource> old_source;
@@ -531,7 +688,8 @@ Status Agent::Impl::Download(Context& ctx, const stream::ReleaseVersion& target,
   if (d.is_delta()) {
     DS_ASSIGN_OR_RETURN(old_file, RandomAccessFile::Open(ctx.art->install_path));
     old_source = std::make_unique<delta::FileOldSource>(old_file.get());
-    consumer = std::make_unique<PatchConsumer>(old_source.get(), &sink);
+    consumer = std::make_unique<PatchConsumer>(old_source.get(), &sink, dl + "/apply.json",
+                                               d.sha256);
   } else {
     consumer = std::make_unique<CopyConsumer>(&sink);
   }
@@ -560,8 +718,12 @@ Status Agent::Impl::Download(Context& ctx, const stream::ReleaseVersion& target,
   out->resumed = out->resumed || stats.leaves_resumed > 0;
   old_source.reset();
   old_file.reset();
-  DS_RETURN_IF_ERROR(fetched);
-  if (sink.size() != target.length || sink.Digest() != target.sha256) {
+  if (!fetched.ok() || sink.size() != target.length || sink.Digest() != target.sha256) {
+    // Whatever was built is not to be continued: the next attempt starts the output afresh
+    // (the verified download is kept).
+    ::unlink((ctx.art->install_path + ".ds-new").c_str());
+    ::unlink((dl + "/apply.json").c_str());
+    DS_RETURN_IF_ERROR(fetched);
     return Error(ErrorCode::kDigestMismatch,
                  "the rebuilt " + target.version + " does not match its signed SHA-256");
   }
@@ -570,7 +732,7 @@ Status Agent::Impl::Download(Context& ctx, const stream::ReleaseVersion& target,
 }
 
 Status Agent::Impl::Install(Context& ctx, const stream::ReleaseVersion& target,
-                            std::unique_ptr<AtomicFileWriter> writer) {
+                            std::unique_ptr<StagedOutput> writer) {
   // Keep the old version for rollback before the swap.
   ArtifactState& st = ctx.state;
   if (!ctx.installed_sha256.empty()) {
@@ -737,6 +899,7 @@ Result<UpdateResult> Agent::Impl::Update(const std::string& name,
       DS_RETURN_IF_ERROR(SaveState(ctx.state_path, ctx.state));
     }
     static_cast<void>(RemoveTree(ctx.dir + "/download"));  // Best effort.
+    ::unlink((ctx.art->install_path + ".ds-new").c_str());
     return out;
   }
   if (!to && target->sha256 == ctx.state.failed_sha256) {

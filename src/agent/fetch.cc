@@ -173,8 +173,9 @@ struct Completion {
 // Feeds the consumer the verified prefix on its own thread.
 class ConsumerThread {
  public:
-  ConsumerThread(ObjectConsumer* consumer, const std::string& path, uint64_t total)
-      : consumer_(consumer), path_(path), total_(total) {}
+  ConsumerThread(ObjectConsumer* consumer, const std::string& path, uint64_t total,
+                 uint64_t start)
+      : consumer_(consumer), path_(path), total_(total), start_(start), applied_(start) {}
   ~ConsumerThread() { Stop(); }
 
   Status Start() {
@@ -217,7 +218,7 @@ class ConsumerThread {
  private:
   void Run() {
     Bytes buf(kConsumePiece);
-    uint64_t pos = 0;
+    uint64_t pos = start_;
     Status s;
     while (true) {
       uint64_t avail;
@@ -254,11 +255,12 @@ class ConsumerThread {
   ObjectConsumer* consumer_;
   std::string path_;
   uint64_t total_;
+  uint64_t start_;
   int fd_ = -1;
   std::thread thread_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  uint64_t available_ = 0, applied_ = 0;
+  uint64_t available_ = 0, applied_;
   bool stop_ = false, done_ = false, failed_ = false;
   Status status_;
   std::function<void()> notify_;
@@ -334,7 +336,33 @@ Status FetchObject(const AgentConfig& config, const FetchSpec& spec, ObjectConsu
   const int fd = out.get();
   bool stop = false;
 
-  ConsumerThread applier(consumer, spec.staging_path, total);
+  // The consumer may continue from its own checkpoint inside the verified prefix.
+  uint64_t verified_prefix = 0;
+  while (verified_prefix < leaves && verified[verified_prefix]) ++verified_prefix;
+  const uint64_t prefix_bytes = verified_prefix == leaves ? total : verified_prefix * leaf;
+  const int staging_fd = out.get();
+  DS_ASSIGN_OR_RETURN(
+      const uint64_t consume_from,
+      consumer->Start(
+          [&](uint64_t offset, std::span<uint8_t> buf) -> Status {
+            if (offset + buf.size() > prefix_bytes) {
+              return Error(ErrorCode::kInternal, "read past the verified prefix");
+            }
+            return PreadAll(staging_fd, buf, offset, spec.staging_path);
+          },
+          prefix_bytes));
+  if (consume_from > prefix_bytes) {
+    return Error(ErrorCode::kInternal, "the consumer resumes past the verified prefix");
+  }
+  if (consume_from > 0 && events) {
+    Event e;
+    e.type = "resume_apply";
+    e.artifact = spec.artifact;
+    e.message = "applying from byte " + std::to_string(consume_from) + " of the " + spec.route;
+    e.elapsed = NowSeconds() - start_time;
+    events(e);
+  }
+  ConsumerThread applier(consumer, spec.staging_path, total, consume_from);
   applier.set_notify([&] {
     std::lock_guard<std::mutex> lock(mu);
     cv.notify_all();

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -19,7 +20,12 @@ namespace ds::agent {
 // Consumes the object's bytes in order; runs on the fetch's consumer thread.
 class ObjectConsumer {
  public:
+  using ReadFn = std::function<Status(uint64_t offset, std::span<uint8_t> out)>;
   virtual ~ObjectConsumer() = default;
+  // Called once before any Consume, after the staging file's verified leaves are known: the
+  // first |verified_prefix| bytes of the object can be read with |read|. Returns the offset from
+  // which Consume wants the object (0, or where an earlier run's consumer checkpointed).
+  virtual Result<uint64_t> Start(const ReadFn& read, uint64_t verified_prefix) { return 0; }
   virtual Status Consume(ByteView data) = 0;
   virtual Status Finish() = 0;
 };

@@ -183,7 +183,7 @@ class PatchApplier::Impl {
                                  " of " + std::to_string(header_.segment_count));
       return failure_;
     }
-    if (output_bytes_ != header_.new_size || sha_.Finish() != header_.new_sha256) {
+    if (output_bytes_ != header_.new_size || (!resumed_ && sha_.Finish() != header_.new_sha256)) {
       failure_ = Error(ErrorCode::kPatchResultMismatch, "rebuilt file does not match its SHA-256");
       return failure_;
     }
@@ -193,6 +193,27 @@ class PatchApplier::Impl {
 
   bool header_parsed() const { return state_ != State::kFileHeader; }
   const FileHeader& header() const { return header_; }
+  uint64_t header_size() const { return header_len_; }
+  void SetCheckpointCallback(std::function<Status(const ApplyCheckpoint&)> fn) {
+    checkpoint_ = std::move(fn);
+  }
+  Status ResumeAt(const ApplyCheckpoint& cp) {
+    if (!failure_.ok()) return failure_;
+    if (state_ != State::kSegmentHeader || !head_.empty() || segments_done_ != 0 ||
+        patch_offset_ != header_len_) {
+      return Error(ErrorCode::kInvalidArgument, "resume right after the patch header only");
+    }
+    if (cp.segments_done == 0 || cp.segments_done >= header_.segment_count ||
+        cp.output_bytes == 0 || cp.output_bytes >= header_.new_size ||
+        cp.patch_offset <= header_len_) {
+      return Error(ErrorCode::kInvalidArgument, "checkpoint does not fit this patch");
+    }
+    segments_done_ = cp.segments_done;
+    output_bytes_ = cp.output_bytes;
+    patch_offset_ = cp.patch_offset;
+    resumed_ = true;
+    return Status::Ok();
+  }
   uint64_t segments_done() const { return segments_done_; }
   uint64_t output_bytes() const { return output_bytes_; }
 
@@ -213,6 +234,7 @@ class PatchApplier::Impl {
           size_t consumed = 0;
           if (state_ == State::kFileHeader) {
             DS_RETURN_IF_ERROR(ParseFileHeader(head_, &header_, &consumed));
+            if (consumed > 0) header_len_ = consumed;
             if (consumed > 0) DS_RETURN_IF_ERROR(StartPatch());
           } else {
             DS_RETURN_IF_ERROR(
@@ -222,10 +244,12 @@ class PatchApplier::Impl {
           if (consumed == 0) {
             if (head_.size() >= limit) return Error(ErrorCode::kInternal, "header not parsed");
             data = data.subspan(take);
+            patch_offset_ += take;
             continue;
           }
           // The bytes buffered before this call were not enough, so consumed > before.
           data = data.subspan(consumed - before);
+          patch_offset_ += consumed - before;
           head_.clear();
           break;
         }
@@ -234,7 +258,13 @@ class PatchApplier::Impl {
               std::min<uint64_t>(data.size(), seg_.payload_length - payload_.size());
           payload_.insert(payload_.end(), data.begin(), data.begin() + take);
           data = data.subspan(take);
-          if (payload_.size() == seg_.payload_length) DS_RETURN_IF_ERROR(FinishSegment());
+          patch_offset_ += take;
+          if (payload_.size() == seg_.payload_length) {
+            DS_RETURN_IF_ERROR(FinishSegment());
+            if (checkpoint_ && state_ == State::kSegmentHeader) {
+              DS_RETURN_IF_ERROR(checkpoint_({patch_offset_, segments_done_, output_bytes_}));
+            }
+          }
           break;
         }
         case State::kDone:
@@ -458,6 +488,10 @@ class PatchApplier::Impl {
   Bytes head_, payload_, output_, ctrl_buf_, diff_buf_, lit_buf_, ref_buf_;
   uint64_t segments_done_ = 0;
   uint64_t output_bytes_ = 0;
+  uint64_t patch_offset_ = 0;  // Patch bytes consumed.
+  uint64_t header_len_ = 0;
+  bool resumed_ = false;       // Started from a checkpoint: the output hash is the caller's.
+  std::function<Status(const ApplyCheckpoint&)> checkpoint_;
   Sha256 sha_;
 };
 
@@ -467,6 +501,11 @@ PatchApplier::~PatchApplier() = default;
 Status PatchApplier::Write(ByteView data) { return impl_->Write(data); }
 Status PatchApplier::Finish() { return impl_->Finish(); }
 bool PatchApplier::header_parsed() const { return impl_->header_parsed(); }
+uint64_t PatchApplier::header_size() const { return impl_->header_size(); }
+void PatchApplier::SetCheckpointCallback(std::function<Status(const ApplyCheckpoint&)> fn) {
+  impl_->SetCheckpointCallback(std::move(fn));
+}
+Status PatchApplier::ResumeAt(const ApplyCheckpoint& cp) { return impl_->ResumeAt(cp); }
 const FileHeader& PatchApplier::header() const { return impl_->header(); }
 uint64_t PatchApplier::segments_done() const { return impl_->segments_done(); }
 uint64_t PatchApplier::output_bytes() const { return impl_->output_bytes(); }

@@ -13,6 +13,7 @@
 #define DELTASTREAM_DELTA_DELTA_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -90,6 +91,14 @@ struct ApplyLimits {
   bool verify_old_hash = true;
 };
 
+// Where a PatchApplier stood between two segments: enough for a later applier of the same patch,
+// over the same old file and an output sink already holding |output_bytes|, to continue.
+struct ApplyCheckpoint {
+  uint64_t patch_offset = 0;  // Patch bytes consumed (the next segment starts here).
+  uint64_t segments_done = 0;
+  uint64_t output_bytes = 0;
+};
+
 class PatchApplier {
  public:
   // |old| and |out| must outlive the applier.
@@ -103,6 +112,18 @@ class PatchApplier {
   // Succeeds only when the whole patch was consumed and the output's size and SHA-256 match the
   // header. Errors: kPatchTruncated, kPatchResultMismatch, or the earlier Write error.
   Status Finish();
+
+  // Called after each completed segment, once its output was written to the sink; an error
+  // from it stops the applier with that error.
+  void SetCheckpointCallback(std::function<Status(const ApplyCheckpoint&)> fn);
+  // Patch bytes the file header takes. REQUIRES: header_parsed().
+  uint64_t header_size() const;
+  // Continues from |cp| (made by an earlier applier of the same patch): call after writing
+  // exactly the patch's first header_size() bytes, then write the patch from cp.patch_offset.
+  // The sink must already hold the first cp.output_bytes of the output. Finish() then checks the
+  // output size but not its SHA-256 (this applier did not see all of it): the caller checks
+  // the whole output. kInvalidArgument when |cp| does not fit the patch or the state.
+  Status ResumeAt(const ApplyCheckpoint& cp);
 
   bool header_parsed() const;
   // REQUIRES: header_parsed().

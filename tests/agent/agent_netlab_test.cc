@@ -149,6 +149,10 @@ TEST_F(AgentNetLabTest, KilledRepeatedlyMidUpdateStillConverges) {
     if (sha == new_sha) break;
   }
   EXPECT_GE(killed_mid_update, 20) << "the update finished before 20 kills; make it longer";
+  const std::string log = ReadLog(dir_.Join("agent.log"));
+  // Restarts continued the download from disk and the apply from a segment checkpoint.
+  EXPECT_NE(log.find("\"resume\""), std::string::npos);
+  EXPECT_NE(log.find("\"resume_apply\""), std::string::npos);
   RunResult final_run = Agent({"update"});
   ASSERT_EQ(final_run.exit_code, 0) << final_run.err;
   EXPECT_EQ(FileSha(install_), new_sha);

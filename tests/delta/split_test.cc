@@ -276,3 +276,61 @@ TEST(PatchSplitTest, SkippingOldHashCheckStillRebuilds) {
 
 }  // namespace
 }  // namespace ds::delta
+
+namespace ds::delta {
+namespace {
+
+// An applier continued from another applier's checkpoint rebuilds the same file.
+TEST(ApplyCheckpointTest, ResumesFromEveryCheckpoint) {
+  const Bytes old_data = testing::RandomBytes(1 << 20, 21);
+  Bytes new_data = old_data;
+  for (size_t i = 0; i < new_data.size(); i += 50000) new_data[i] ^= 0x5a;
+  GenerateOptions options;
+  options.segment_size = 128 << 10;
+  options.whole_file_limit = 0;
+  Result<Bytes> patch = GeneratePatch(old_data, new_data, options);
+  ASSERT_TRUE(patch.ok());
+  MemoryOldSource old(old_data);
+
+  std::vector<ApplyCheckpoint> checkpoints;
+  VectorSink full;
+  PatchApplier first(&old, &full);
+  first.SetCheckpointCallback([&](const ApplyCheckpoint& cp) {
+    EXPECT_EQ(cp.output_bytes, full.bytes.size());  // Called after the output was written.
+    checkpoints.push_back(cp);
+    return Status::Ok();
+  });
+  // Odd piece sizes: checkpoints do not depend on where writes split.
+  for (size_t pos = 0; pos < patch->size(); pos += 7777) {
+    ASSERT_TRUE(first.Write(ByteView(*patch).subspan(pos, std::min<size_t>(7777, patch->size() - pos))).ok());
+  }
+  ASSERT_TRUE(first.Finish().ok());
+  ASSERT_EQ(full.bytes, new_data);
+  ASSERT_GE(checkpoints.size(), 4u);
+  const uint64_t header = first.header_size();
+
+  for (const ApplyCheckpoint& cp : checkpoints) {
+    if (cp.segments_done == first.header().segment_count) continue;  // The end is no resume.
+    SCOPED_TRACE(cp.segments_done);
+    VectorSink out;
+    out.bytes.assign(new_data.begin(), new_data.begin() + cp.output_bytes);
+    PatchApplier again(&old, &out);
+    ASSERT_TRUE(again.Write(ByteView(*patch).first(header)).ok());
+    ASSERT_TRUE(again.ResumeAt(cp).ok());
+    ASSERT_TRUE(again.Write(ByteView(*patch).subspan(cp.patch_offset)).ok());
+    ASSERT_TRUE(again.Finish().ok());
+    EXPECT_EQ(out.bytes, new_data);
+  }
+
+  // A checkpoint that does not fit is refused.
+  VectorSink out;
+  PatchApplier wrong(&old, &out);
+  ASSERT_TRUE(wrong.Write(ByteView(*patch).first(header)).ok());
+  ApplyCheckpoint bad = checkpoints[0];
+  bad.segments_done = first.header().segment_count;
+  EXPECT_EQ(wrong.ResumeAt(bad).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(wrong.ResumeAt({header, 1, 10}).code(), ErrorCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace ds::delta
