@@ -20,7 +20,7 @@ packages=(
   # network lab for the agent tests: namespaces and tc shaping (iproute2), packet loss (nftables)
   iproute2 nftables
 )
-bench_packages=(bsdiff zstd time curl ca-certificates bc python3 wrk)
+bench_packages=(bsdiff zstd time curl ca-certificates bc python3 wrk gnuplot-nox)
 
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=("${bench_packages[@]}")
