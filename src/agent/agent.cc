@@ -2,6 +2,7 @@
 // download with pipelined apply, atomic install, health check, rollback, fallback to full.
 #include "agent/agent.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
@@ -14,7 +15,6 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
-#include <dirent.h>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -184,13 +184,11 @@ ArtifactState LoadState(const std::string& path) {
 }
 
 Status SaveState(const std::string& path, const ArtifactState& st) {
-  const json doc = {{"installed_version", st.installed_version},
-                    {"installed_sha256", st.installed_sha256},
-                    {"previous_version", st.previous_version},
-                    {"previous_sha256", st.previous_sha256},
-                    {"trusted_counter", st.trusted_counter},
-                    {"last_result", st.last_result},
-                    {"failed_sha256", st.failed_sha256}};
+  const json doc = {
+      {"installed_version", st.installed_version}, {"installed_sha256", st.installed_sha256},
+      {"previous_version", st.previous_version},   {"previous_sha256", st.previous_sha256},
+      {"trusted_counter", st.trusted_counter},     {"last_result", st.last_result},
+      {"failed_sha256", st.failed_sha256}};
   return WriteFileAtomic(path, AsBytes(doc.dump(2) + "\n"), 0600);
 }
 
@@ -216,15 +214,16 @@ class StagedOutput {
   }
   uint64_t size() const { return size_; }
   Status Truncate(uint64_t size) {
-    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) return ErrnoStatus("truncate " + path_, errno);
+    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0)
+      return ErrnoStatus("truncate " + path_, errno);
     size_ = size;
     return Status::Ok();
   }
   Status Append(ByteView data) {
     size_t done = 0;
     while (done < data.size()) {
-      const ssize_t n = ::pwrite(fd_, data.data() + done, data.size() - done,
-                                 static_cast<off_t>(size_ + done));
+      const ssize_t n =
+          ::pwrite(fd_, data.data() + done, data.size() - done, static_cast<off_t>(size_ + done));
       if (n < 0) {
         if (errno == EINTR) continue;
         return ErrnoStatus("write " + path_, errno);
@@ -237,8 +236,8 @@ class StagedOutput {
   Status ReadAt(uint64_t offset, std::span<uint8_t> out) const {
     size_t done = 0;
     while (done < out.size()) {
-      const ssize_t n = ::pread(fd_, out.data() + done, out.size() - done,
-                                static_cast<off_t>(offset + done));
+      const ssize_t n =
+          ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return Error(ErrorCode::kIoError, "read back " + path_);
       done += static_cast<size_t>(n);
@@ -373,9 +372,12 @@ class PatchConsumer : public ObjectConsumer {
     return Write(data);
   }
   Status Finish() override {
-    if (dspf_) DS_RETURN_IF_ERROR(dspf_->Finish());
-    else if (vcdiff_) DS_RETURN_IF_ERROR(vcdiff_->Finish());
-    else return Error(ErrorCode::kPatchTruncated, "the delta is shorter than its magic");
+    if (dspf_)
+      DS_RETURN_IF_ERROR(dspf_->Finish());
+    else if (vcdiff_)
+      DS_RETURN_IF_ERROR(vcdiff_->Finish());
+    else
+      return Error(ErrorCode::kPatchTruncated, "the delta is shorter than its magic");
     return sink_->output()->Sync();
   }
 
@@ -552,11 +554,11 @@ Status Agent::Impl::Prepare(const std::string& name, Context* ctx) {
   DS_ASSIGN_OR_RETURN(net::ClientResponse r,
                       GetWithRetry("/v1/artifacts/" + net::UrlEncode(name) + "/metadata", false));
   if (r.body.size() > kMaxMetadataBytes) return Error(ErrorCode::kTooLarge, "metadata too large");
-  DS_ASSIGN_OR_RETURN(ctx->release, stream::VerifyRelease(r.body, config_.public_key_hex,
-                                                          WallNow(), ctx->state.trusted_counter));
+  DS_ASSIGN_OR_RETURN(ctx->release, stream::VerifyRelease(r.body, config_.public_key_hex, WallNow(),
+                                                          ctx->state.trusted_counter));
   if (ctx->release.artifact != name) {
-    return Error(ErrorCode::kProtocol, "signed metadata is for " + ctx->release.artifact +
-                                           ", not " + name);
+    return Error(ErrorCode::kProtocol,
+                 "signed metadata is for " + ctx->release.artifact + ", not " + name);
   }
   if (ctx->release.counter > ctx->state.trusted_counter) {
     ctx->state.trusted_counter = ctx->release.counter;
@@ -592,15 +594,15 @@ Result<stream::StreamDescriptor> Agent::Impl::OpenStream(Context& ctx,
       want_delta = false;
       continue;
     }
-    Say("wait", ctx.art->name, "proxy is preparing the delta; retry in " +
-                                   std::to_string(after) + " s");
+    Say("wait", ctx.art->name,
+        "proxy is preparing the delta; retry in " + std::to_string(after) + " s");
     std::this_thread::sleep_for(std::chrono::seconds(after));
     waited += after;
   }
   DS_ASSIGN_OR_RETURN(stream::StreamDescriptor d, stream::ParseDescriptor(r.body));
   // What the proxy says must agree with what the master signed.
-  if (d.artifact != ctx.art->name || d.to != target.version ||
-      d.result_sha256 != target.sha256 || d.result_size != target.length) {
+  if (d.artifact != ctx.art->name || d.to != target.version || d.result_sha256 != target.sha256 ||
+      d.result_size != target.length) {
     return Error(ErrorCode::kDigestMismatch,
                  "the stream descriptor does not match the signed version " + target.version);
   }
@@ -635,8 +637,8 @@ Result<stream::ChunkMap> Agent::Impl::FetchChunkMap(const stream::StreamDescript
   DS_ASSIGN_OR_RETURN(net::ClientResponse r, GetWithRetry(d.chunk_map_url, false));
   DS_ASSIGN_OR_RETURN(stream::ChunkMap map, stream::ParseChunkMap(AsBytes(r.body)));
   if (ToHex(map.root()) != d.chunk_map_sha256 || map.total_size() != d.size) {
-    return Error(ErrorCode::kDigestMismatch, "chunk map " + d.chunk_map_sha256 +
-                                                 " does not match its name or the object size");
+    return Error(ErrorCode::kDigestMismatch,
+                 "chunk map " + d.chunk_map_sha256 + " does not match its name or the object size");
   }
   return map;
 }
@@ -669,9 +671,8 @@ Status Agent::Impl::Download(Context& ctx, const stream::ReleaseVersion& target,
   const uint64_t need_install = target.length + kDiskMargin;
   if (same_fs ? free_state < need_state + need_install
               : (free_state < need_state || free_install < need_install)) {
-    return Error(ErrorCode::kNoSpace,
-                 "not enough free disk space for " + std::to_string(d.size) + " + " +
-                     std::to_string(target.length) + " bytes");
+    return Error(ErrorCode::kNoSpace, "not enough free disk space for " + std::to_string(d.size) +
+                                          " + " + std::to_string(target.length) + " bytes");
   }
 
   RemoveStaleTemps(ctx.art->install_path);
@@ -688,8 +689,8 @@ Status Agent::Impl::Download(Context& ctx, const stream::ReleaseVersion& target,
   if (d.is_delta()) {
     DS_ASSIGN_OR_RETURN(old_file, RandomAccessFile::Open(ctx.art->install_path));
     old_source = std::make_unique<delta::FileOldSource>(old_file.get());
-    consumer = std::make_unique<PatchConsumer>(old_source.get(), &sink, dl + "/apply.json",
-                                               d.sha256);
+    consumer =
+        std::make_unique<PatchConsumer>(old_source.get(), &sink, dl + "/apply.json", d.sha256);
   } else {
     consumer = std::make_unique<CopyConsumer>(&sink);
   }
@@ -773,8 +774,8 @@ Status Agent::Impl::RunHealthCheck(const ManagedArtifact& art, const std::string
       ::kill(-pid, SIGKILL);
       ::kill(pid, SIGKILL);
       ::waitpid(pid, &status, 0);
-      return Error(ErrorCode::kHealthCheck, "health check timed out after " +
-                                                std::to_string(art.health_timeout_ms) + " ms");
+      return Error(ErrorCode::kHealthCheck,
+                   "health check timed out after " + std::to_string(art.health_timeout_ms) + " ms");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
@@ -841,8 +842,8 @@ Status Agent::Impl::RunHealthCheckOrRollBack(Context& ctx, const stream::Release
   out->rolled_back = true;
   // Remember the bad version so that a plain `update` does not install it again.
   ctx.state.failed_sha256 = target.sha256;
-  ctx.state.last_result = target.version + " failed its health check; rolled back to " +
-                          ctx.state.installed_version;
+  ctx.state.last_result =
+      target.version + " failed its health check; rolled back to " + ctx.state.installed_version;
   DS_RETURN_IF_ERROR(SaveState(ctx.state_path, ctx.state));
   Say("rolled_back", ctx.art->name, ctx.state.last_result);
   return health.WithContext("rolled back to " + ctx.state.installed_version);
@@ -877,8 +878,7 @@ Result<CheckResult> Agent::Impl::Check(const std::string& name) {
   return c;
 }
 
-Result<UpdateResult> Agent::Impl::Update(const std::string& name,
-                                         std::optional<std::string> to) {
+Result<UpdateResult> Agent::Impl::Update(const std::string& name, std::optional<std::string> to) {
   start_ = NowSeconds();
   Context ctx;
   DS_RETURN_IF_ERROR(Prepare(name, &ctx));
@@ -913,8 +913,7 @@ Result<UpdateResult> Agent::Impl::Update(const std::string& name,
     const bool newer = cmp ? *cmp > 0 : target->seq > ctx.installed->seq;
     if (!newer) {
       return Error(ErrorCode::kRollback, target->version + " is not newer than the installed " +
-                                             ctx.installed->version +
-                                             " (use rollback to go back)");
+                                             ctx.installed->version + " (use rollback to go back)");
     }
   }
 
@@ -932,8 +931,8 @@ Result<UpdateResult> Agent::Impl::Update(const std::string& name,
       }
       if (IsLocalFailure(delta_status)) return delta_status;
     } else if (d.ok()) {
-      delta_status = Error(ErrorCode::kNotFound, "the proxy offers no delta" +
-                                                     (note.empty() ? "" : ": " + note));
+      delta_status = Error(ErrorCode::kNotFound,
+                           "the proxy offers no delta" + (note.empty() ? "" : ": " + note));
     } else {
       delta_status = d.status();
       if (IsLocalFailure(delta_status)) return delta_status;

@@ -85,20 +85,20 @@ struct CheckResult {
   std::string installed_sha256;   // Empty when nothing is installed.
   std::string latest;
   bool update_available = false;
-  std::string route;          // "delta" or "full" (what the proxy offers now).
-  std::string source;         // The proxy's word for where the delta comes from, when it says.
-  uint64_t delta_bytes = 0;   // 0 when no delta is offered.
+  std::string route;         // "delta" or "full" (what the proxy offers now).
+  std::string source;        // The proxy's word for where the delta comes from, when it says.
+  uint64_t delta_bytes = 0;  // 0 when no delta is offered.
   uint64_t full_bytes = 0;
 };
 
 struct UpdateResult {
   std::string artifact;
   std::string from_version, to_version;
-  std::string route;  // "none" (already current), "delta", "full", or "deferred".
-  uint64_t bytes_fetched = 0;  // Over the network in this run (retries included).
-  uint64_t object_size = 0;    // The delta or full artifact's size.
-  bool resumed = false;        // Continued an earlier interrupted download.
-  bool rolled_back = false;    // The health check failed and the old version is back.
+  std::string route;            // "none" (already current), "delta", "full", or "deferred".
+  uint64_t bytes_fetched = 0;   // Over the network in this run (retries included).
+  uint64_t object_size = 0;     // The delta or full artifact's size.
+  bool resumed = false;         // Continued an earlier interrupted download.
+  bool rolled_back = false;     // The health check failed and the old version is back.
   std::string fallback_reason;  // Why the delta path was abandoned, when it was.
 };
 
@@ -107,7 +107,7 @@ struct ArtifactStatus {
   std::string installed_version, installed_sha256;
   std::string previous_version;  // What `rollback` would restore; empty when nothing.
   uint64_t trusted_counter = 0;  // Highest metadata counter seen (rollback protection).
-  std::string pending;  // A download in progress: "<route> <done>/<total>", or empty.
+  std::string pending;           // A download in progress: "<route> <done>/<total>", or empty.
   std::string last_result;
 };
 

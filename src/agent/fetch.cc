@@ -53,8 +53,8 @@ class Fd {
 Status PwriteAll(int fd, ByteView data, uint64_t offset, const std::string& path) {
   size_t done = 0;
   while (done < data.size()) {
-    const ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done,
-                               static_cast<off_t>(offset + done));
+    const ssize_t n =
+        ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoStatus("write " + path, errno);
@@ -173,8 +173,7 @@ struct Completion {
 // Feeds the consumer the verified prefix on its own thread.
 class ConsumerThread {
  public:
-  ConsumerThread(ObjectConsumer* consumer, const std::string& path, uint64_t total,
-                 uint64_t start)
+  ConsumerThread(ObjectConsumer* consumer, const std::string& path, uint64_t total, uint64_t start)
       : consumer_(consumer), path_(path), total_(total), start_(start), applied_(start) {}
   ~ConsumerThread() { Stop(); }
 
@@ -273,8 +272,7 @@ bool IsLocal(const Status& s) {
 }  // namespace
 
 double NowSeconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 Status FetchObject(const AgentConfig& config, const FetchSpec& spec, ObjectConsumer* consumer,
@@ -341,16 +339,15 @@ Status FetchObject(const AgentConfig& config, const FetchSpec& spec, ObjectConsu
   while (verified_prefix < leaves && verified[verified_prefix]) ++verified_prefix;
   const uint64_t prefix_bytes = verified_prefix == leaves ? total : verified_prefix * leaf;
   const int staging_fd = out.get();
-  DS_ASSIGN_OR_RETURN(
-      const uint64_t consume_from,
-      consumer->Start(
-          [&](uint64_t offset, std::span<uint8_t> buf) -> Status {
-            if (offset + buf.size() > prefix_bytes) {
-              return Error(ErrorCode::kInternal, "read past the verified prefix");
-            }
-            return PreadAll(staging_fd, buf, offset, spec.staging_path);
-          },
-          prefix_bytes));
+  DS_ASSIGN_OR_RETURN(const uint64_t consume_from,
+                      consumer->Start(
+                          [&](uint64_t offset, std::span<uint8_t> buf) -> Status {
+                            if (offset + buf.size() > prefix_bytes) {
+                              return Error(ErrorCode::kInternal, "read past the verified prefix");
+                            }
+                            return PreadAll(staging_fd, buf, offset, spec.staging_path);
+                          },
+                          prefix_bytes));
   if (consume_from > prefix_bytes) {
     return Error(ErrorCode::kInternal, "the consumer resumes past the verified prefix");
   }
@@ -390,8 +387,8 @@ Status FetchObject(const AgentConfig& config, const FetchSpec& spec, ObjectConsu
           t = tasks.front();
           tasks.pop_front();
         }
-        const std::string url = spec.base_urls[t.proxy] + spec.chunks_path +
-                                stream::ChunkRangeName(t.first, t.last);
+        const std::string url =
+            spec.base_urls[t.proxy] + spec.chunks_path + stream::ChunkRangeName(t.first, t.last);
         // Leaves are verified and written as they complete, so a dropped connection or a kill
         // loses less than one leaf per request.
         Completion c;
@@ -404,7 +401,8 @@ Status FetchObject(const AgentConfig& config, const FetchSpec& spec, ObjectConsu
         PartialLeaf part(spec.staging_path, t.first);
         std::vector<std::pair<std::string, std::string>> headers;
         const uint64_t resume_at = part.Load(map.LeafLength(t.first), &pending);
-        if (resume_at > 0) headers.emplace_back("Range", "bytes=" + std::to_string(resume_at) + "-");
+        if (resume_at > 0)
+          headers.emplace_back("Range", "bytes=" + std::to_string(resume_at) + "-");
         bool started = false;
         auto on_data = [&](int status, ByteView data) -> Status {
           if (!started) {
@@ -543,11 +541,9 @@ Status FetchObject(const AgentConfig& config, const FetchSpec& spec, ObjectConsu
         if (cursor >= leaves) break;
         uint64_t run_end = cursor;
         while (run_end < leaves && !verified[run_end] && !in_flight[run_end]) ++run_end;
-        const uint64_t run_bytes =
-            (run_end == leaves ? total : run_end * leaf) - cursor * leaf;
+        const uint64_t run_bytes = (run_end == leaves ? total : run_end * leaf) - cursor * leaf;
         const uint64_t want = ctl.NextChunkSize(run_bytes);
-        const uint64_t count =
-            std::clamp<uint64_t>((want + leaf - 1) / leaf, 1, run_end - cursor);
+        const uint64_t count = std::clamp<uint64_t>((want + leaf - 1) / leaf, 1, run_end - cursor);
         Task t{cursor, cursor + count - 1, proxy, now};
         for (uint64_t i = t.first; i <= t.last; ++i) in_flight[i] = 1;
         ++outstanding;
@@ -633,6 +629,11 @@ Status FetchObject(const AgentConfig& config, const FetchSpec& spec, ObjectConsu
     not_before = c->end + base * jitter(rng) / 1000.0;
   }
   shutdown();
+  // Requests whose completion was still queued when the last leaf made the object whole still
+  // count (the workers are joined: nothing is added any more).
+  for (const Completion& c : done) {
+    if (!c.is_leaf) stats->bytes_fetched += c.bytes;
+  }
   if (Status s = SaveProgress(spec, verified); result.ok() && !s.ok()) result = s;
   if (result.ok()) {
     result = applier.status();

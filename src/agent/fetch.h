@@ -42,7 +42,7 @@ struct FetchSpec {
 };
 
 struct FetchStats {
-  uint64_t bytes_fetched = 0;  // Response bytes received, failed and tampered ones included.
+  uint64_t bytes_fetched = 0;   // Response bytes received, failed and tampered ones included.
   uint64_t leaves_resumed = 0;  // Leaves already verified on disk at the start.
   int requests = 0, failures = 0;
 };

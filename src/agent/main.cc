@@ -117,7 +117,8 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json_lines, "JSON lines on stdout");
 
   std::string artifact, to;
-  CLI::App* check = app.add_subcommand("check", "Is a newer version signed, and what would it cost");
+  CLI::App* check =
+      app.add_subcommand("check", "Is a newer version signed, and what would it cost");
   check->add_option("name", artifact, "Artifact (default: all managed)");
   CLI::App* update = app.add_subcommand("update", "Update to the latest (or --to) version");
   update->add_option("name", artifact, "Artifact (default: all managed)");
@@ -202,10 +203,10 @@ int main(int argc, char** argv) {
                     r->installed_version.empty() ? "(unknown)" : r->installed_version.c_str(),
                     r->latest.c_str(), r->update_available ? "update available" : "up to date");
         if (r->update_available) {
-          std::printf(" (%s: %s", r->route.c_str(),
-                      HumanBytes(static_cast<double>(r->route == "delta" ? r->delta_bytes
-                                                                         : r->full_bytes))
-                          .c_str());
+          std::printf(
+              " (%s: %s", r->route.c_str(),
+              HumanBytes(static_cast<double>(r->route == "delta" ? r->delta_bytes : r->full_bytes))
+                  .c_str());
           if (r->route == "delta") {
             std::printf(" instead of %s, %.1f%%",
                         HumanBytes(static_cast<double>(r->full_bytes)).c_str(),

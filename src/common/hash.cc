@@ -53,6 +53,22 @@ std::string ToHex(ByteView bytes) {
   return s;
 }
 
+bool DecodeHex(std::string_view hex, std::span<uint8_t> out) {
+  auto value = [](char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  if (hex.size() != out.size() * 2) return false;
+  for (size_t i = 0; i < out.size(); ++i) {
+    const int hi = value(hex[2 * i]), lo = value(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  return true;
+}
+
 namespace {
 
 // Table for the reflected Castagnoli polynomial, built once.

@@ -7,7 +7,9 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 
 #include "common/bytes.h"
 
@@ -36,6 +38,8 @@ class Sha256 {
 
 std::string ToHex(ByteView bytes);
 inline std::string ToHex(const Sha256Digest& d) { return ToHex(ByteView(d.data(), d.size())); }
+// Decodes exactly out.size() bytes from 2 * out.size() hex digits (either case); false otherwise.
+bool DecodeHex(std::string_view hex, std::span<uint8_t> out);
 
 // CRC-32C (Castagnoli). |crc| chains calls: Crc32c(b, Crc32c(a)) == Crc32c(a ++ b).
 uint32_t Crc32c(ByteView data, uint32_t crc = 0);

@@ -490,7 +490,7 @@ class PatchApplier::Impl {
   uint64_t output_bytes_ = 0;
   uint64_t patch_offset_ = 0;  // Patch bytes consumed.
   uint64_t header_len_ = 0;
-  bool resumed_ = false;       // Started from a checkpoint: the output hash is the caller's.
+  bool resumed_ = false;  // Started from a checkpoint: the output hash is the caller's.
   std::function<Status(const ApplyCheckpoint&)> checkpoint_;
   Sha256 sha_;
 };

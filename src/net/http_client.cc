@@ -86,8 +86,7 @@ size_t OnWrite(char* data, size_t size, size_t n, void* user) {
   }
   if (t->to_file) {
     const ByteView piece(reinterpret_cast<const uint8_t*>(data), bytes);
-    Status s =
-        t->stream != nullptr ? (*t->stream)(t->code, piece) : t->download->Append(piece);
+    Status s = t->stream != nullptr ? (*t->stream)(t->code, piece) : t->download->Append(piece);
     if (!s.ok()) {
       t->callback_error = std::move(s);
       return 0;  // Aborts the transfer.
@@ -99,8 +98,8 @@ size_t OnWrite(char* data, size_t size, size_t n, void* user) {
     return bytes;  // Keep the start of an oversized error body only.
   }
   if (t->max_body != 0 && t->response.body.size() + bytes > t->max_body) {
-    t->callback_error = Status(ErrorCode::kTooLarge, "response body exceeds " +
-                                                         std::to_string(t->max_body) + " bytes");
+    t->callback_error = Status(ErrorCode::kTooLarge,
+                               "response body exceeds " + std::to_string(t->max_body) + " bytes");
     return 0;  // Aborts the transfer.
   }
   t->response.body.append(data, bytes);

@@ -28,24 +28,6 @@ Status InitSodium() {
   return Status::Ok();
 }
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// Decodes exactly out.size() bytes of hex.
-bool DecodeHex(std::string_view hex, std::span<uint8_t> out) {
-  if (hex.size() != out.size() * 2) return false;
-  for (size_t i = 0; i < out.size(); ++i) {
-    const int hi = HexValue(hex[2 * i]), lo = HexValue(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) return false;
-    out[i] = static_cast<uint8_t>(hi << 4 | lo);
-  }
-  return true;
-}
-
 std::string_view TrimSpace(std::string_view s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) {
     s.remove_suffix(1);

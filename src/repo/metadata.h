@@ -1,5 +1,6 @@
 // Signed release metadata (internal to src/repo): Ed25519 keys and the signing side of the
-// envelope that stream::VerifyMetadata (src/stream/release.h) checks. The format is in docs/SECURITY.md; in short:
+// envelope that stream::VerifyMetadata (src/stream/release.h) checks. The format is in
+// docs/SECURITY.md; in short:
 //   signed    = {"_type":"deltastream-release","spec_version":1,"artifact","counter",
 //                "signed_at","expires","latest","versions":[...],"deltas":[...]}
 //               (each version and delta entry carries "chunk_map_sha256", docs/PROTOCOL.md)

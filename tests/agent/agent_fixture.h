@@ -34,7 +34,8 @@ inline std::pair<Bytes, Bytes> MakeVersions(size_t size, int edits, size_t edit_
   Bytes v2 = v1;
   for (int e = 0; e < edits; ++e) {
     const size_t at = (size / edits) * e + (rng() % (size / edits / 2));
-    for (size_t k = 0; k < edit_size && at + k < size; ++k) v2[at + k] = static_cast<uint8_t>(rng());
+    for (size_t k = 0; k < edit_size && at + k < size; ++k)
+      v2[at + k] = static_cast<uint8_t>(rng());
   }
   return {v1, v2};
 }
@@ -83,8 +84,9 @@ class PublishedMaster {
 
   // The signed part of the metadata, verified by `deltastream metadata`.
   nlohmann::json Metadata() const {
-    RunResult r = RunProgram(kDs, dir_, {"metadata", "--server", url(), "--public-key",
-                                         dir_.Join("master/keys/signing.pub"), "app"},
+    RunResult r = RunProgram(kDs, dir_,
+                             {"metadata", "--server", url(), "--public-key",
+                              dir_.Join("master/keys/signing.pub"), "app"},
                              prefix_);
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return nlohmann::json::parse(r.out);
@@ -104,12 +106,9 @@ inline std::string WriteAgentConfig(const TempDir& dir, const std::vector<std::s
                                     const std::string& extra_top_json = "") {
   nlohmann::json art = {{"install_path", install}};
   if (!extra_artifact_json.empty()) art.update(nlohmann::json::parse(extra_artifact_json));
-  nlohmann::json c = {{"proxies", proxies},
-                      {"public_key", public_key},
-                      {"state_dir", dir.Join("state")},
-                      {"backoff_initial_ms", 50},
-                      {"backoff_max_ms", 400},
-                      {"artifacts", {{"app", art}}}};
+  nlohmann::json c = {
+      {"proxies", proxies},       {"public_key", public_key}, {"state_dir", dir.Join("state")},
+      {"backoff_initial_ms", 50}, {"backoff_max_ms", 400},    {"artifacts", {{"app", art}}}};
   if (!extra_top_json.empty()) c.update(nlohmann::json::parse(extra_top_json));
   const std::string path = dir.Join("agent.json");
   EXPECT_TRUE(WriteFileAtomic(path, AsBytes(c.dump(2)), 0600).ok());

@@ -1,8 +1,8 @@
 // deltastream-agent across a shaped network (tests/support/netlab.h): the master or a proxy in
 // one namespace, the agent in another, tc tbf for bandwidth and nft random drops for loss.
 // Skipped when the lab cannot be made (not root).
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,9 +26,9 @@ using nlohmann::json;
 // Bytes received on the client's end of the link (frames: payload plus TCP/IP/Ethernet
 // headers): what the device really fetched.
 uint64_t ClientRxBytes(const NetLab& lab, const TempDir& dir) {
-  RunResult r = RunProgram("/usr/sbin/ip", dir,
-                           {"-n", lab.client_ns(), "-s", "-j", "link", "show", "dev",
-                            lab.client_dev()});
+  RunResult r =
+      RunProgram("/usr/sbin/ip", dir,
+                 {"-n", lab.client_ns(), "-s", "-j", "link", "show", "dev", lab.client_dev()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   const json j = json::parse(r.out, nullptr, false);
   if (!j.is_array() || j.empty()) return 0;
@@ -41,8 +41,7 @@ std::string ReadLog(const std::string& path) {
 }
 
 // Starts the agent in the client namespace without waiting for it.
-pid_t SpawnAgent(const NetLab& lab, const std::vector<std::string>& args,
-                 const std::string& log) {
+pid_t SpawnAgent(const NetLab& lab, const std::vector<std::string>& args, const std::string& log) {
   std::vector<std::string> argv = lab.InNs(lab.client_ns());
   argv.push_back(kAgent);
   argv.insert(argv.end(), args.begin(), args.end());
@@ -133,8 +132,7 @@ TEST_F(AgentNetLabTest, KilledRepeatedlyMidUpdateStillConverges) {
   std::mt19937 rng(42);
   std::uniform_int_distribution<int> delay_ms(100, 400);
   int killed_mid_update = 0;
-  const std::vector<std::string> args = {"--config", dir_.Join("agent.json"), "--json",
-                                         "update"};
+  const std::vector<std::string> args = {"--config", dir_.Join("agent.json"), "--json", "update"};
   for (int trial = 0; trial < 20; ++trial) {
     const pid_t pid = SpawnAgent(*lab_, args, dir_.Join("agent.log"));
     std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));

@@ -1,8 +1,8 @@
 // deltastream-agent against a real master on 127.0.0.1 (the master serves the same stream API as
 // a proxy), directly or through an in-process HTTP relay that can tamper with chunks or go down.
 // Network shaping, loss and kill -9 trials are in agent_netlab_test.cc.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <unistd.h>
@@ -11,10 +11,10 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
-#include <set>
-#include <thread>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
+#include <thread>
 
 #include "agent/agent_fixture.h"
 #include "net/http.h"
@@ -28,8 +28,8 @@ using nlohmann::json;
 // every request with 503.
 class Relay {
  public:
-  using Tamper = std::function<void(const std::string& sha, const std::string& range,
-                                    std::string* body)>;
+  using Tamper =
+      std::function<void(const std::string& sha, const std::string& range, std::string* body)>;
 
   Relay(std::string upstream, Tamper tamper)
       : upstream_(std::move(upstream)), tamper_(std::move(tamper)) {
@@ -223,14 +223,14 @@ TEST_F(AgentTest, CorruptDeltaFallsBackPerPolicy) {
   Relay relay(master_->url(), [&](const std::string& sha, const std::string&, std::string* b) {
     if (sha == delta_sha && !b->empty()) (*b)[0] ^= 0x01;
   });
-  WriteAgentConfig(dir_, {relay.url()}, master_->public_key(), install_,
-                   R"({"fallback": "fail"})", R"({"retry_budget": 2})");
+  WriteAgentConfig(dir_, {relay.url()}, master_->public_key(), install_, R"({"fallback": "fail"})",
+                   R"({"retry_budget": 2})");
   RunResult fail = Agent({"update"});
   EXPECT_EQ(fail.exit_code, static_cast<int>(ErrorCode::kDigestMismatch)) << fail.err;
   EXPECT_EQ(FileSha(install_), Sha(v1_));
 
-  WriteAgentConfig(dir_, {relay.url()}, master_->public_key(), install_,
-                   R"({"fallback": "defer"})", R"({"retry_budget": 2})");
+  WriteAgentConfig(dir_, {relay.url()}, master_->public_key(), install_, R"({"fallback": "defer"})",
+                   R"({"retry_budget": 2})");
   RunResult defer = Agent({"update"});
   EXPECT_EQ(defer.exit_code, static_cast<int>(ErrorCode::kDeferred)) << defer.err;
   EXPECT_EQ(FileSha(install_), Sha(v1_));
@@ -299,17 +299,16 @@ TEST(AgentSystemTest, TakesAProxysOnDemandDelta) {
     const size_t at = rng() % (v3.size() - (8 << 10));
     for (size_t k = 0; k < (8u << 10); ++k) v3[at + k] = static_cast<uint8_t>(rng());
   }
-  ServerProcess master(kDs, dir.Join("master"), dir.Join("master.log"),
-                       {"--delta-history", "1"});
+  ServerProcess master(kDs, dir.Join("master"), dir.Join("master.log"), {"--delta-history", "1"});
   ASSERT_FALSE(master.url().empty());
   int n = 0;
   for (const Bytes* v : {&v1, &v2, &v3}) {
     const std::string file = dir.Join("v" + std::to_string(++n));
     WriteExecutable(file, *v);
-    RunResult r = RunProgram(kDs, dir,
-                             {"publish", "--server", master.url(), "--token-file",
-                              dir.Join("master/admin.token"), "--artifact", "app", "--version",
-                              std::to_string(n) + ".0.0", file, "--wait"});
+    RunResult r = RunProgram(
+        kDs, dir,
+        {"publish", "--server", master.url(), "--token-file", dir.Join("master/admin.token"),
+         "--artifact", "app", "--version", std::to_string(n) + ".0.0", file, "--wait"});
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   ServerProcess proxy(kDs, dir.Join("proxy"), dir.Join("proxy.log"),

@@ -126,3 +126,20 @@ TEST(Crc32cTest, SingleBitFlipChangesChecksum) {
 
 }  // namespace
 }  // namespace ds
+
+namespace ds {
+namespace {
+
+TEST(DecodeHexTest, RoundTripsAndRefusesBadInput) {
+  const Bytes raw = {0x00, 0x7f, 0xa5, 0xff};
+  std::array<uint8_t, 4> out{};
+  ASSERT_TRUE(DecodeHex(ToHex(raw), out));
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), raw.begin()));
+  EXPECT_TRUE(DecodeHex("007FA5FF", out));     // Either case.
+  EXPECT_FALSE(DecodeHex("007fa5f", out));     // Odd length.
+  EXPECT_FALSE(DecodeHex("007fa5ff00", out));  // Too long for |out|.
+  EXPECT_FALSE(DecodeHex("007fa5fg", out));    // Not a digit.
+}
+
+}  // namespace
+}  // namespace ds

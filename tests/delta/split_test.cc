@@ -302,7 +302,9 @@ TEST(ApplyCheckpointTest, ResumesFromEveryCheckpoint) {
   });
   // Odd piece sizes: checkpoints do not depend on where writes split.
   for (size_t pos = 0; pos < patch->size(); pos += 7777) {
-    ASSERT_TRUE(first.Write(ByteView(*patch).subspan(pos, std::min<size_t>(7777, patch->size() - pos))).ok());
+    ASSERT_TRUE(
+        first.Write(ByteView(*patch).subspan(pos, std::min<size_t>(7777, patch->size() - pos)))
+            .ok());
   }
   ASSERT_TRUE(first.Finish().ok());
   ASSERT_EQ(full.bytes, new_data);
