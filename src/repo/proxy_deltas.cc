@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <array>
-#include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -20,6 +19,7 @@
 #include "common/hash.h"
 #include "delta/delta.h"
 #include "delta/delta_gen.h"
+#include "repo/stream_api.h"
 #include "stream/stream.h"
 
 namespace ds::repo {
@@ -28,8 +28,6 @@ namespace {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
-constexpr const char* kImmutable = "public, max-age=31536000, immutable";
-constexpr uint64_t kMaxLeavesPerChunk = 4096;  // As the master (repo/stream_api.h).
 constexpr uint64_t kJobFixedMemory = 512ull << 20;
 
 int64_t MonoMs() {
@@ -76,21 +74,6 @@ class CompareSink : public delta::OutputSink {
   ByteView expected_;
   uint64_t pos_ = 0;
 };
-
-Result<std::pair<uint64_t, uint64_t>> ParseLeafRange(std::string_view s) {
-  const size_t dash = s.find('-');
-  auto num = [](std::string_view t, uint64_t* v) {
-    if (t.empty() || t.size() > 19) return false;
-    const auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), *v);
-    return ec == std::errc() && p == t.data() + t.size();
-  };
-  std::pair<uint64_t, uint64_t> r;
-  if (dash == std::string_view::npos || !num(s.substr(0, dash), &r.first) ||
-      !num(s.substr(dash + 1), &r.second)) {
-    return Error(ErrorCode::kInvalidArgument, "a chunk is named <first>-<last> (leaf numbers)");
-  }
-  return r;
-}
 
 std::string PairKey(const std::string& base, const std::string& result) {
   return base + "-" + result;
@@ -288,7 +271,7 @@ class OnDemandDeltas::Impl {
 
   Result<net::Response> Chunk(const std::string& sha, const std::string& chunk_map_sha,
                               const std::string& range_name) {
-    DS_ASSIGN_OR_RETURN(auto range, ParseLeafRange(range_name));
+    DS_ASSIGN_OR_RETURN(auto range, stream::ParseChunkRangeName(range_name));
     const auto [first, last] = range;
     if (last < first) {
       return Error(ErrorCode::kInvalidArgument,

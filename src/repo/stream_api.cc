@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
-#include <charconv>
 #include <memory>
 #include <optional>
 #include <string>
@@ -18,8 +17,6 @@ namespace {
 
 using net::Request;
 using net::Response;
-
-constexpr const char* kImmutable = "public, max-age=31536000, immutable";
 
 // "Authorization: Bearer <token>" → the token, or empty.
 std::string BearerToken(const Request& req) {
@@ -78,21 +75,6 @@ Result<stream::ChunkMapHeader> ReadChunkMapHeader(Repository* repo,
 }
 
 // "<first>-<last>", both decimal without sign or leading '+'.
-Result<std::pair<uint64_t, uint64_t>> ParseLeafRange(std::string_view s) {
-  const size_t dash = s.find('-');
-  auto num = [](std::string_view t, uint64_t* v) {
-    if (t.empty() || t.size() > 19) return false;
-    const auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), *v);
-    return ec == std::errc() && p == t.data() + t.size();
-  };
-  std::pair<uint64_t, uint64_t> r;
-  if (dash == std::string_view::npos || !num(s.substr(0, dash), &r.first) ||
-      !num(s.substr(dash + 1), &r.second)) {
-    return Error(ErrorCode::kInvalidArgument, "a chunk is named <first>-<last> (leaf numbers)");
-  }
-  return r;
-}
-
 Result<Response> Descriptor(Repository* repo, Request& req) {
   const std::string& artifact = req.params["artifact"];
   std::optional<std::string> from = req.QueryParam("from");
@@ -164,7 +146,7 @@ Result<Response> ChunkMapBlob(Repository* repo, Request& req) {
 Result<Response> Chunk(Repository* repo, Request& req) {
   const std::string& sha = req.params["sha256"];
   DS_RETURN_IF_ERROR(CheckHex(sha, "an object name"));
-  DS_ASSIGN_OR_RETURN(auto range, ParseLeafRange(req.params["range"]));
+  DS_ASSIGN_OR_RETURN(auto range, stream::ParseChunkRangeName(req.params["range"]));
   const auto [first, last] = range;
   if (last < first) {
     return Error(ErrorCode::kInvalidArgument,

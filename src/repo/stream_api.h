@@ -14,6 +14,8 @@ namespace ds::repo {
 
 // Most leaves one chunk request may ask for (4096 x 64 KiB = 256 MiB).
 inline constexpr uint64_t kMaxLeavesPerChunk = 4096;
+// Cache-Control of immutable objects (chunk maps, chunks): any HTTP cache may keep them.
+inline constexpr const char* kImmutable = "public, max-age=31536000, immutable";
 
 // Registers GET /v1/artifacts/{artifact}/stream, /v1/chunkmaps/{sha256} and
 // /v1/chunks/{sha256}/{first}-{last}. |server| and |repo| must outlive the server's run.

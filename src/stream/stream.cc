@@ -1,6 +1,7 @@
 #include "stream/stream.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -193,6 +194,21 @@ Result<ChunkMap> ParseChunkMap(ByteView data) {
 
 std::string ChunkRangeName(uint64_t first_leaf, uint64_t last_leaf) {
   return std::to_string(first_leaf) + "-" + std::to_string(last_leaf);
+}
+
+Result<std::pair<uint64_t, uint64_t>> ParseChunkRangeName(std::string_view s) {
+  const size_t dash = s.find('-');
+  auto num = [](std::string_view t, uint64_t* v) {
+    if (t.empty() || t.size() > 19) return false;
+    const auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), *v);
+    return ec == std::errc() && p == t.data() + t.size();
+  };
+  std::pair<uint64_t, uint64_t> r;
+  if (dash == std::string_view::npos || !num(s.substr(0, dash), &r.first) ||
+      !num(s.substr(dash + 1), &r.second)) {
+    return Error(ErrorCode::kInvalidArgument, "a chunk is named <first>-<last> (leaf numbers)");
+  }
+  return r;
 }
 
 std::string DescriptorToJson(const StreamDescriptor& d) {

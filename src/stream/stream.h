@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/bytes.h"
@@ -120,6 +121,9 @@ Result<StreamDescriptor> ParseDescriptor(std::string_view json);
 
 // "<first>-<last>" (decimal, inclusive) as used in chunk URLs and ETags.
 std::string ChunkRangeName(uint64_t first_leaf, uint64_t last_leaf);
+// The inverse: two decimal numbers without sign, joined by '-' (kInvalidArgument otherwise).
+// The order of first and last is not checked here.
+Result<std::pair<uint64_t, uint64_t>> ParseChunkRangeName(std::string_view s);
 
 }  // namespace ds::stream
 

@@ -209,3 +209,20 @@ TEST(StreamDescriptorTest, JsonRoundTripAndValidation) {
 
 }  // namespace
 }  // namespace ds
+
+namespace ds::stream {
+namespace {
+
+TEST(ChunkRangeNameTest, ParsesWhatItPrintsAndRefusesTheRest) {
+  Result<std::pair<uint64_t, uint64_t>> r = ParseChunkRangeName(ChunkRangeName(3, 17));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->first, 3u);
+  EXPECT_EQ(r->second, 17u);
+  for (const char* bad : {"", "-", "3", "3-", "-3", "+3-4", "3-+4", "3-4-5", "a-4",
+                          "99999999999999999999-1"}) {
+    EXPECT_EQ(ParseChunkRangeName(bad).status().code(), ErrorCode::kInvalidArgument) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace ds::stream
