@@ -218,8 +218,8 @@ TEST(ChunkRangeNameTest, ParsesWhatItPrintsAndRefusesTheRest) {
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->first, 3u);
   EXPECT_EQ(r->second, 17u);
-  for (const char* bad : {"", "-", "3", "3-", "-3", "+3-4", "3-+4", "3-4-5", "a-4",
-                          "99999999999999999999-1"}) {
+  for (const char* bad :
+       {"", "-", "3", "3-", "-3", "+3-4", "3-+4", "3-4-5", "a-4", "99999999999999999999-1"}) {
     EXPECT_EQ(ParseChunkRangeName(bad).status().code(), ErrorCode::kInvalidArgument) << bad;
   }
 }
