@@ -13,6 +13,8 @@ packages=(
   # servers and clients: HTTP (Beast), catalog (SQLite), signatures (Ed25519), JSON, logging
   libboost1.81-dev libcurl4-openssl-dev libsqlitecpp-dev libsqlite3-dev libsodium-dev
   nlohmann-json3-dev
+  # UDP carrier: Reed-Solomon erasure coding (ISA-L); semantic diff: deflate streams (zlib)
+  libisal-dev zlib1g-dev
   # tests, fuzzing, benchmarks (the VCDIFF tests check interop with the real xdelta3)
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev xdelta3
   # an HTTP cache in front of a proxy (tests/cli/proxy_nginx_test.cc runs the real nginx)
