@@ -52,6 +52,8 @@ struct FileBody {
   uint64_t length = 0;
 };
 
+class BodyStream;
+
 struct Response {
   int status = 200;
   std::vector<std::pair<std::string, std::string>> headers;
@@ -60,15 +62,71 @@ struct Response {
   // (single range: 206 + Content-Range, unsatisfiable: 416) and If-None-Match against an ETag
   // header the handler set (304), and advertises Accept-Ranges: bytes.
   std::optional<FileBody> file;
+  // When set, the body is produced over time by whoever holds the BodyStream (Server-Sent
+  // Events, an object still arriving). Sent with Content-Length when |stream_length| is set,
+  // otherwise chunked (HTTP/1.1) or until close (HTTP/1.0). Make both with Response::Streamed.
+  std::shared_ptr<BodyStream> stream;
+  std::optional<uint64_t> stream_length;
 
   static Response Json(int status, std::string json);
   static Response Text(int status, std::string text, std::string content_type = "text/plain");
   // {"error":{"code":N,"name":"...","message":"..."}} with the HTTP status for the code.
   static Response FromStatus(const Status& s);
+  // A response whose body the caller writes into |*out| from any thread, after returning (or
+  // sending) the response. For text/event-stream the server also sends Cache-Control: no-cache.
+  static Response Streamed(int status, std::string content_type, std::shared_ptr<BodyStream>* out,
+                           std::optional<uint64_t> length = std::nullopt);
   Response& With(std::string name, std::string value) {
     headers.emplace_back(std::move(name), std::move(value));
     return *this;
   }
+};
+
+// The producer's end of a streamed response body. Thread-safe. Writes are queued and sent in
+// order; the producer keeps the queue short (pending() / WaitBelow) — a slow client must not
+// make the server buffer without bound. Destroying the last reference without Close() ends the
+// body too (a chunked body ends cleanly; a body shorter than its Content-Length closes the
+// connection so that the client sees the truncation).
+class BodyStream {
+ public:
+  BodyStream();
+  ~BodyStream();
+  BodyStream(const BodyStream&) = delete;
+  BodyStream& operator=(const BodyStream&) = delete;
+
+  // Queues |data|. False when the client is gone or the stream was closed: stop producing.
+  bool Write(std::string data);
+  // Ends the body once what was written has been sent. Idempotent.
+  void Close();
+  // Bytes queued but not yet handed to the socket.
+  size_t pending() const;
+  // Blocks until pending() <= |bytes|; false when the client went away, the stream was closed or
+  // |timeout_ms| passed first.
+  bool WaitBelow(size_t bytes, int64_t timeout_ms);
+  // True once the client has gone (a write failed, the connection closed, the server stopped).
+  bool gone() const;
+
+  struct State;  // Shared with the connection that sends the body.
+  std::shared_ptr<State> state() const { return state_; }
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+// The handle an AsyncHandler answers through, from any thread, once: later calls are ignored.
+// If every copy is dropped without an answer, the request gets a 500. Copies hold the connection:
+// drop them (answer) before destroying the Server.
+class Responder {
+ public:
+  Responder() = default;
+  void Send(Response response) const;
+  explicit operator bool() const { return static_cast<bool>(impl_); }
+
+  struct Impl;
+  explicit Responder(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+ private:
+  std::shared_ptr<Impl> impl_;
 };
 
 // HTTP status for an ErrorCode: 400 invalid argument, 401, 403, 404, 409 already exists,
@@ -83,6 +141,10 @@ class BodySink {
 };
 
 using Handler = std::function<Response(Request&)>;
+// Runs on the worker pool like a Handler, but answers through the Responder whenever it likes
+// (long polls park it without holding a worker thread). Copy what you need from the Request:
+// it is only valid during the call.
+using AsyncHandler = std::function<void(Request&, Responder)>;
 // Streamed-body routes: |begin| runs when the header has arrived (it may refuse: its error is
 // the response, the body is not read); the body is then fed to the sink as it arrives; |finish|
 // gets the sink back with the body's outcome (Ok, or why reading it failed: kTooLarge,
@@ -117,6 +179,7 @@ class Server {
 
   void Route(std::string method, std::string pattern, Handler handler);
   void StreamRoute(std::string method, std::string pattern, StreamHandler handler);
+  void AsyncRoute(std::string method, std::string pattern, AsyncHandler handler);
   // A GET route is also served for HEAD (body omitted). Unknown path: 404; known path with
   // another method: 405 with Allow.
 

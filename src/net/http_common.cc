@@ -2,7 +2,9 @@
 // between ErrorCodes and HTTP statuses (and back from an error body), percent-encoding.
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cstdio>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
@@ -120,6 +122,100 @@ Response Response::FromStatus(const Status& s) {
   // Replace invalid UTF-8 (a message may quote raw bytes) instead of throwing.
   return Json(HttpStatusFor(s.code()),
               doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+}
+
+Response Response::Streamed(int status, std::string content_type, std::shared_ptr<BodyStream>* out,
+                            std::optional<uint64_t> length) {
+  Response r;
+  r.status = status;
+  if (content_type == "text/event-stream") r.headers.emplace_back("Cache-Control", "no-cache");
+  r.headers.emplace_back("Content-Type", std::move(content_type));
+  r.stream = std::make_shared<BodyStream>();
+  r.stream_length = length;
+  *out = r.stream;
+  return r;
+}
+
+// ---- BodyStream ----
+
+BodyStream::BodyStream() : state_(std::make_shared<State>()) {}
+
+BodyStream::~BodyStream() { Close(); }
+
+bool BodyStream::Write(std::string data) {
+  std::function<void()> wake;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->closed || state_->gone) return false;
+    if (data.empty()) return true;
+    state_->pending += data.size();
+    state_->queue.push_back(std::move(data));
+    wake = std::move(state_->wake);
+    state_->wake = nullptr;
+  }
+  if (wake) wake();
+  return true;
+}
+
+void BodyStream::Close() {
+  std::function<void()> wake;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->closed) return;
+    state_->closed = true;
+    wake = std::move(state_->wake);
+    state_->wake = nullptr;
+  }
+  state_->cv.notify_all();
+  if (wake) wake();
+}
+
+size_t BodyStream::pending() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->pending;
+}
+
+bool BodyStream::gone() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->gone;
+}
+
+bool BodyStream::WaitBelow(size_t bytes, int64_t timeout_ms) {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  state_->cv.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                      [&] { return state_->pending <= bytes || state_->gone || state_->closed; });
+  return state_->pending <= bytes && !state_->gone && !state_->closed;
+}
+
+BodyStream::State::Take BodyStream::State::TakeOrWait(std::string* out,
+                                                      std::function<void()> wake_fn) {
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (queue.empty()) {
+      if (closed || gone) return Take::kEnd;
+      wake = std::move(wake_fn);
+      return Take::kWait;
+    }
+    *out = std::move(queue.front());
+    queue.pop_front();
+    pending -= out->size();
+  }
+  cv.notify_all();
+  return Take::kData;
+}
+
+void BodyStream::State::MarkGone() {
+  std::function<void()> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    gone = true;
+    queue.clear();
+    pending = 0;
+    dropped = std::move(wake);
+    wake = nullptr;
+  }
+  cv.notify_all();
+  // |dropped| (which may hold the connection) is destroyed here, outside the lock.
 }
 
 int HttpStatusFor(ErrorCode code) {
@@ -252,13 +348,14 @@ std::optional<uint64_t> ParseDecimal(std::string_view s) {
 namespace internal {
 
 void Router::Add(std::string method, std::string_view pattern, bool streamed, Handler handler,
-                 StreamHandler stream) {
+                 StreamHandler stream, AsyncHandler async) {
   RouteEntry entry;
   entry.method = std::move(method);
   for (const std::string_view segment : SplitPath(pattern)) entry.segments.emplace_back(segment);
   entry.streamed = streamed;
   entry.handler = std::move(handler);
   entry.stream = std::move(stream);
+  entry.async = std::move(async);
   routes_.push_back(std::move(entry));
 }
 

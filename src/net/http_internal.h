@@ -5,14 +5,41 @@
 #define DELTASTREAM_NET_HTTP_INTERNAL_H_
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "net/http.h"
+
+namespace ds::net {
+
+// What a streamed response's producer (BodyStream) and the connection sending it share.
+struct BodyStream::State {
+  enum class Take { kData, kWait, kEnd };
+  // Connection side: moves the next queued piece into |out| (kData); or, when nothing is queued,
+  // kEnd once the producer closed, else remembers |wake| to be called (once, on some thread) when
+  // there is something to do (kWait).
+  Take TakeOrWait(std::string* out, std::function<void()> wake);
+  // Connection side: the client is gone; producers see Write() fail. Drops a pending |wake|.
+  void MarkGone();
+
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::string> queue;
+  size_t pending = 0;
+  bool closed = false;
+  bool gone = false;
+  std::function<void()> wake;
+};
+
+}  // namespace ds::net
 
 namespace ds::net::internal {
 
@@ -26,6 +53,7 @@ struct RouteEntry {
   bool streamed = false;
   Handler handler;
   StreamHandler stream;
+  AsyncHandler async;  // Set for AsyncRoute routes (then |handler| is empty).
 };
 
 struct RouteMatch {
@@ -41,7 +69,7 @@ struct RouteMatch {
 class Router {
  public:
   void Add(std::string method, std::string_view pattern, bool streamed, Handler handler,
-           StreamHandler stream);
+           StreamHandler stream, AsyncHandler async = nullptr);
   // |path| is the raw (still percent-encoded) path. HEAD matches GET routes. Among routes that
   // match, the one with the most literal segments wins (then the first added).
   RouteMatch Match(std::string_view method, std::string_view path) const;

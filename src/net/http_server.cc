@@ -11,6 +11,7 @@
 #include <openssl/ssl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -49,6 +50,13 @@
 #include "net/http_internal.h"
 
 namespace ds::net {
+
+struct Responder::Impl {
+  ~Impl();
+  std::atomic<bool> sent{false};
+  std::function<void(Response)> deliver;  // Posts the response to the connection's strand.
+};
+
 namespace {
 
 namespace asio = boost::asio;
@@ -145,6 +153,7 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
   }
 
   ~Session() override {
+    if (stream_state_) stream_state_->MarkGone();
     if (fd_ >= 0) ::close(fd_);
     if (request_open_) core_->metrics.in_flight.fetch_sub(1);
     core_->Unregister(id_);
@@ -164,6 +173,7 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
   }
 
   void ForceClose() override {
+    if (stream_state_) stream_state_->MarkGone();
     beast::error_code ec;
     Lowest().socket().close(ec);
   }
@@ -360,6 +370,7 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
   void RunHandler() {
     req_.body = std::move(body_parser_->get().body());
     body_parser_.reset();
+    if (route_->async) return RunAsyncHandler();
     OnWorker([self = Self()] {
       Response res;
       try {
@@ -370,6 +381,22 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
       }
       self->OnStrand(
           [self, res = std::move(res)]() mutable { self->Respond(std::move(res), false); });
+    });
+  }
+
+  void RunAsyncHandler() {
+    auto impl = std::make_shared<Responder::Impl>();
+    impl->deliver = [self = Self()](Response res) {
+      self->OnStrand(
+          [self, res = std::move(res)]() mutable { self->Respond(std::move(res), false); });
+    };
+    OnWorker([self = Self(), responder = Responder(std::move(impl))] {
+      try {
+        self->route_->async(self->req_, responder);
+      } catch (...) {
+        responder.Send(ErrorResponse(
+            ErrorCode::kInternal, "handler threw: " + ExceptionMessage(std::current_exception())));
+      }
     });
   }
 
@@ -477,7 +504,28 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
     std::vector<std::pair<std::string, std::string>> extra;
     send_string_ = false;
     file_remaining_ = 0;
-    if (res.file) {
+    if (stream_state_) stream_state_->MarkGone();
+    stream_state_.reset();
+    stream_remaining_.reset();
+    bool chunked = false;
+    if (res.stream) {
+      std::shared_ptr<BodyStream::State> state = res.stream->state();
+      res.stream.reset();  // The producer's references alone decide when the body ends.
+      if (head || IsBodylessStatus(status)) {
+        state->MarkGone();
+        length = res.stream_length.value_or(0);
+      } else {
+        stream_state_ = std::move(state);
+        stream_remaining_ = res.stream_length;
+        if (res.stream_length) {
+          length = *res.stream_length;
+        } else if (version_ >= 11) {
+          chunked = true;
+        } else {
+          close_after_ = true;  // HTTP/1.0: the body ends when the connection closes.
+        }
+      }
+    } else if (res.file) {
       const FileBody& file = *res.file;
       const std::string etag = [&] {
         for (const auto& [k, v] : res.headers) {
@@ -536,7 +584,11 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
       msg_.insert(name, value);
     }
     for (const auto& [name, value] : extra) msg_.set(name, value);
-    if (!IsBodylessStatus(status)) msg_.content_length(length);
+    if (chunked) {
+      msg_.chunked(true);
+    } else if (!IsBodylessStatus(status) && !(stream_state_ && !stream_remaining_)) {
+      msg_.content_length(length);
+    }
     msg_.keep_alive(!close_after_);
     status_ = status;
   }
@@ -560,6 +612,55 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
       body.data = piece_.get();
       body.size = static_cast<size_t>(got);
       body.more = file_remaining_ > 0;
+    } else if (stream_state_ && stream_remaining_ && *stream_remaining_ == 0 &&
+               serializer_->is_header_done()) {
+      stream_state_->MarkGone();  // All of Content-Length sent: the producer may stop.
+      stream_state_.reset();
+      body.data = nullptr;
+      body.size = 0;
+      body.more = false;
+    } else if (stream_state_) {
+      stream_piece_.clear();
+      // No wake-up while the header is still to be written (that write comes first).
+      std::function<void()> wake;
+      if (serializer_->is_header_done()) {
+        wake = [self = Self()] {
+          self->OnStrand([self] {
+            if (!self->closed_ && self->serializer_) self->WriteNext();
+          });
+        };
+      }
+      const BodyStream::State::Take take =
+          stream_state_->TakeOrWait(&stream_piece_, std::move(wake));
+      if (take == BodyStream::State::Take::kWait) {
+        if (serializer_->is_header_done()) {
+          Lowest().expires_never();  // Waiting for the producer, not for the client.
+          return;
+        }
+        // Send the header now; the body follows as it is produced.
+        Lowest().expires_after(Ms(Opts().body_idle_timeout_ms));
+        http::async_write_header(stream_, *serializer_,
+                                 [self = Self()](beast::error_code ec, size_t n) {
+                                   self->core_->metrics.bytes_sent.fetch_add(n);
+                                   if (ec) return self->Close(false);
+                                   self->WriteNext();
+                                 });
+        return;
+      } else if (take == BodyStream::State::Take::kEnd) {
+        stream_state_.reset();
+        if (stream_remaining_ && *stream_remaining_ > 0) return Close(false);  // Short body.
+        body.data = nullptr;
+        body.size = 0;
+        body.more = false;
+      } else {
+        if (stream_remaining_) {
+          if (stream_piece_.size() > *stream_remaining_) stream_piece_.resize(*stream_remaining_);
+          *stream_remaining_ -= stream_piece_.size();
+        }
+        body.data = stream_piece_.data();
+        body.size = stream_piece_.size();
+        body.more = true;
+      }
     } else {
       body.data = nullptr;
       body.size = 0;
@@ -576,6 +677,8 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
   }
 
   void OnResponseSent() {
+    if (stream_state_) stream_state_->MarkGone();
+    stream_state_.reset();
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
     serializer_.reset();
@@ -599,6 +702,8 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
 
   void Close(bool graceful) {
     EndRequest(false);
+    if (stream_state_) stream_state_->MarkGone();
+    stream_state_.reset();
     if (closed_) return;
     closed_ = true;
     beast::error_code ec;
@@ -668,6 +773,9 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
   int fd_ = -1;
   uint64_t file_offset_ = 0;
   uint64_t file_remaining_ = 0;
+  std::shared_ptr<BodyStream::State> stream_state_;  // A streamed body in progress.
+  std::optional<uint64_t> stream_remaining_;         // Of its Content-Length, when it has one.
+  std::string stream_piece_;                         // The piece being written.
   int status_ = 0;
   bool close_after_ = false;
   bool linger_ = false;
@@ -718,6 +826,17 @@ void ServerCore::OnAccept(tcp::socket socket) {
 
 class Server::Impl : public ServerCore {};
 
+void Responder::Send(Response response) const {
+  if (impl_ == nullptr || impl_->sent.exchange(true)) return;
+  impl_->deliver(std::move(response));
+}
+
+Responder::Impl::~Impl() {
+  if (!sent.exchange(true) && deliver) {
+    deliver(ErrorResponse(ErrorCode::kInternal, "the handler dropped the request unanswered"));
+  }
+}
+
 Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>()) {
   impl_->options = std::move(options);
 }
@@ -730,6 +849,10 @@ void Server::Route(std::string method, std::string pattern, Handler handler) {
 
 void Server::StreamRoute(std::string method, std::string pattern, StreamHandler handler) {
   impl_->router.Add(std::move(method), pattern, true, {}, std::move(handler));
+}
+
+void Server::AsyncRoute(std::string method, std::string pattern, AsyncHandler handler) {
+  impl_->router.Add(std::move(method), pattern, false, {}, {}, std::move(handler));
 }
 
 Status Server::Start() {

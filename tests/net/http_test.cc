@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -193,6 +194,31 @@ class HttpTest : public ::testing::Test {
       return Response::Text(201, std::to_string(n) + ":" + hash->Digest());
     };
     server_->StreamRoute("PUT", "/upload/{name}", upload);
+    server_->AsyncRoute("GET", "/park", [this](Request& r, Responder responder) {
+      std::lock_guard<std::mutex> lock(mu_);
+      parked_.push_back(std::move(responder));
+    });
+    server_->AsyncRoute("GET", "/async-now", [](Request& r, Responder responder) {
+      responder.Send(Response::Text(200, "now " + r.QueryParam("x").value_or("")));
+      responder.Send(Response::Text(200, "ignored"));
+    });
+    server_->AsyncRoute("GET", "/async-drop", [](Request&, Responder) {});
+    server_->AsyncRoute("GET", "/async-throw",
+                        [](Request&, Responder) { throw std::runtime_error("async boom"); });
+    server_->Route("GET", "/events", [this](Request&) {
+      std::shared_ptr<BodyStream> stream;
+      Response r = Response::Streamed(200, "text/event-stream", &stream);
+      std::lock_guard<std::mutex> lock(mu_);
+      streams_.push_back(stream);
+      return r;
+    });
+    server_->Route("GET", "/sized", [this](Request&) {
+      std::shared_ptr<BodyStream> stream;
+      Response r = Response::Streamed(200, "application/octet-stream", &stream, 10);
+      std::lock_guard<std::mutex> lock(mu_);
+      streams_.push_back(stream);
+      return r;
+    });
     ASSERT_TRUE(server_->Start().ok());
     base_ = "http://127.0.0.1:" + std::to_string(server_->port());
   }
@@ -214,6 +240,23 @@ class HttpTest : public ::testing::Test {
     return pred();
   }
 
+  size_t Parked() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return parked_.size();
+  }
+  // The |i|th streamed response's producer end, once its handler ran (null after 5 s).
+  std::shared_ptr<BodyStream> StreamAt(size_t i) {
+    WaitFor([&] {
+      std::lock_guard<std::mutex> lock(mu_);
+      return streams_.size() > i;
+    });
+    std::lock_guard<std::mutex> lock(mu_);
+    return streams_.size() > i ? streams_[i] : nullptr;
+  }
+
+  std::mutex mu_;
+  std::vector<Responder> parked_;
+  std::vector<std::shared_ptr<BodyStream>> streams_;
   TempDir dir_;
   Bytes file_data_;
   std::string file_path_;
@@ -560,6 +603,140 @@ TEST_F(HttpTest, DownloadFileIsAtomic) {
   EXPECT_TRUE(ds::testing::ReadFileOrDie(out) == file_data_);
   EXPECT_EQ(last_done, file_data_.size());
   EXPECT_EQ(dir_.List(), (std::vector<std::string>{"out.bin", "served.bin"}));
+}
+
+// ---- Async handlers and streamed responses ----
+
+TEST_F(HttpTest, AsyncHandlerAnswersLaterWithoutHoldingAWorker) {
+  ServerOptions o;
+  o.worker_threads = 1;
+  StartServer(o);
+  Result<ClientResponse> parked_reply = Status(ErrorCode::kInternal, "unset");
+  std::thread waiter([&] { parked_reply = Client().Get(base_ + "/park"); });
+  ASSERT_TRUE(WaitFor([&] { return Parked() == 1; }));
+  // The only worker is free while the request is parked.
+  auto hello = client_.Get(base_ + "/hello");
+  ASSERT_TRUE(hello.ok());
+  EXPECT_EQ(hello->body, "hello");
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    parked_[0].Send(Response::Text(202, "later"));
+    parked_[0].Send(Response::Text(200, "twice"));  // Ignored: one answer per request.
+    parked_.clear();
+  }
+  waiter.join();
+  ASSERT_TRUE(parked_reply.ok()) << parked_reply.status().ToString();
+  EXPECT_EQ(parked_reply->status, 202);
+  EXPECT_EQ(parked_reply->body, "later");
+
+  auto now = client_.Get(base_ + "/async-now?x=1");
+  ASSERT_TRUE(now.ok());
+  EXPECT_EQ(now->body, "now 1");
+  auto dropped = client_.Get(base_ + "/async-drop");
+  ASSERT_TRUE(dropped.ok());
+  EXPECT_EQ(dropped->status, 500);
+  EXPECT_NE(dropped->body.find("unanswered"), std::string::npos) << dropped->body;
+  auto thrown = client_.Get(base_ + "/async-throw");
+  ASSERT_TRUE(thrown.ok());
+  EXPECT_EQ(thrown->status, 500);
+  EXPECT_NE(thrown->body.find("async boom"), std::string::npos) << thrown->body;
+}
+
+TEST_F(HttpTest, StreamedResponseIsSentAsItIsWritten) {
+  StartServer();
+  RawSocket s(server_->port());
+  ASSERT_TRUE(s.Send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n"));
+  std::shared_ptr<BodyStream> stream = StreamAt(0);
+  ASSERT_NE(stream, nullptr);
+  // The header arrives before any event is written.
+  std::string got =
+      s.Read(Ms(3000), [](const std::string& d) { return d.find("\r\n\r\n") != d.npos; });
+  EXPECT_EQ(got.rfind("HTTP/1.1 200", 0), 0u) << got;
+  EXPECT_NE(internal::ToLower(got).find("transfer-encoding: chunked"), std::string::npos) << got;
+  EXPECT_NE(internal::ToLower(got).find("cache-control: no-cache"), std::string::npos);
+  EXPECT_TRUE(stream->Write("data: one\n\n"));
+  got += s.Read(Ms(3000), [](const std::string& d) { return d.find("data: one") != d.npos; });
+  EXPECT_NE(got.find("data: one"), std::string::npos) << got;
+  std::thread producer([stream] {
+    for (int i = 0; i < 100; ++i) stream->Write("data: " + std::to_string(i) + "\n\n");
+    stream->Close();
+  });
+  got += s.Read(Ms(5000), [](const std::string& d) { return d.find("\r\n0\r\n\r\n") != d.npos; });
+  producer.join();
+  EXPECT_NE(got.find("data: 99\n\n"), std::string::npos);
+  EXPECT_LT(got.find("data: 0\n"), got.find("data: 99\n"));
+  EXPECT_FALSE(stream->Write("late"));
+  // The connection stays usable (keep-alive after a chunked body).
+  ASSERT_TRUE(s.Send("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"));
+  const std::string next =
+      s.Read(Ms(3000), [](const std::string& d) { return d.find("hello") != d.npos; });
+  EXPECT_NE(next.find("HTTP/1.1 200"), std::string::npos) << next;
+}
+
+TEST_F(HttpTest, StreamedResponseWithLengthAndAShortBody) {
+  StartServer();
+  std::thread producer([this] {
+    std::shared_ptr<BodyStream> stream = StreamAt(0);
+    if (stream == nullptr) return;
+    stream->Write("01234");
+    stream->Write("56789extra");  // Beyond Content-Length: cut.
+    stream->Close();
+  });
+  auto r = client_.Get(base_ + "/sized");
+  producer.join();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->body, "0123456789");
+  EXPECT_EQ(r->Header("content-length"), "10");
+
+  // A producer that stops early: the connection closes, the client sees a truncated body.
+  std::thread short_producer([this] {
+    std::shared_ptr<BodyStream> stream = StreamAt(1);
+    if (stream == nullptr) return;
+    stream->Write("0123");
+    stream.reset();
+    std::lock_guard<std::mutex> lock(mu_);
+    streams_[1].reset();  // The last reference: the body ends here.
+  });
+  auto cut = Client().Get(base_ + "/sized");
+  short_producer.join();
+  EXPECT_FALSE(cut.ok());
+}
+
+TEST_F(HttpTest, StreamProducerSeesBackPressureAndDeparture) {
+  StartServer();
+  {
+    RawSocket s(server_->port());
+    ASSERT_TRUE(s.Send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n"));
+    std::shared_ptr<BodyStream> stream = StreamAt(0);
+    ASSERT_NE(stream, nullptr);
+    // The client reads nothing: socket buffers fill, then the queue grows and WaitBelow says so.
+    const std::string piece(64 << 10, 'x');
+    bool blocked = false;
+    for (int i = 0; i < 2000 && !blocked; ++i) {
+      ASSERT_TRUE(stream->Write(piece));
+      blocked = !stream->WaitBelow(1 << 20, 20);
+    }
+    EXPECT_TRUE(blocked);
+    EXPECT_GT(stream->pending(), 1u << 20);
+    EXPECT_FALSE(stream->gone());
+  }  // The client leaves.
+  std::shared_ptr<BodyStream> stream = StreamAt(0);
+  EXPECT_TRUE(WaitFor([&] {
+    stream->Write(std::string(1024, 'y'));
+    return stream->gone();
+  }));
+  EXPECT_FALSE(stream->Write("more"));
+  EXPECT_EQ(stream->pending(), 0u);
+
+  // Server shutdown ends a stream nobody writes to.
+  RawSocket idle(server_->port());
+  ASSERT_TRUE(idle.Send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n"));
+  std::shared_ptr<BodyStream> idle_stream = StreamAt(1);
+  ASSERT_NE(idle_stream, nullptr);
+  idle.Read(Ms(3000), [](const std::string& d) { return d.find("\r\n\r\n") != d.npos; });
+  server_->Stop();
+  EXPECT_TRUE(idle_stream->gone());
+  EXPECT_FALSE(idle_stream->Write("after stop"));
 }
 
 // ---- Connections ----
