@@ -240,6 +240,12 @@ class Client {
   Result<ClientResponse> GetStream(
       const std::string& url, const std::function<Status(int, ByteView)>& on_data,
       const std::vector<std::pair<std::string, std::string>>& headers = {});
+  // The same, and |on_head| (when set) sees the status and headers of a 2xx answer before its
+  // first body byte; an error from it aborts the transfer. (Not called for an empty body.)
+  Result<ClientResponse> GetStream(
+      const std::string& url, const std::function<Status(const ClientResponse&)>& on_head,
+      const std::function<Status(int, ByteView)>& on_data,
+      const std::vector<std::pair<std::string, std::string>>& headers = {});
   // Uploads a file as the request body, streamed from disk.
   Result<ClientResponse> UploadFile(const std::string& method, const std::string& url,
                                     const std::string& path,

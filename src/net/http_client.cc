@@ -53,6 +53,8 @@ struct Transfer {
   uint64_t max_body = 0;  // For in-memory bodies; 0: no limit.
   // Streamed body (GetStream); like |download|, only for a 2xx answer.
   const std::function<Status(int, ByteView)>* stream = nullptr;
+  // Sees a 2xx answer's status and headers before its first body byte (GetStream).
+  const std::function<Status(const ClientResponse&)>* on_head = nullptr;
   int code = 0;  // HTTP status, once known.
 };
 
@@ -83,6 +85,14 @@ size_t OnWrite(char* data, size_t size, size_t n, void* user) {
     t->to_file = code >= 200 && code < 300;
     t->code = static_cast<int>(code);
     t->download_decided = true;
+    if (t->to_file && t->on_head != nullptr && *t->on_head) {
+      t->response.status = t->code;
+      Status s = (*t->on_head)(t->response);
+      if (!s.ok()) {
+        t->callback_error = std::move(s);
+        return 0;  // Aborts the transfer.
+      }
+    }
   }
   if (t->to_file) {
     const ByteView piece(reinterpret_cast<const uint8_t*>(data), bytes);
@@ -238,8 +248,16 @@ Result<ClientResponse> Client::Get(
 Result<ClientResponse> Client::GetStream(
     const std::string& url, const std::function<Status(int, ByteView)>& on_data,
     const std::vector<std::pair<std::string, std::string>>& headers) {
+  return GetStream(url, nullptr, on_data, headers);
+}
+
+Result<ClientResponse> Client::GetStream(
+    const std::string& url, const std::function<Status(const ClientResponse&)>& on_head,
+    const std::function<Status(int, ByteView)>& on_data,
+    const std::vector<std::pair<std::string, std::string>>& headers) {
   Transfer t;
   t.stream = &on_data;
+  t.on_head = &on_head;
   return impl_->Perform(url, headers, &t,
                         [](CURL* c) { curl_easy_setopt(c, CURLOPT_HTTPGET, 1L); });
 }

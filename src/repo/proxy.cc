@@ -10,11 +10,15 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <filesystem>
+#include <functional>
 #include <list>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <span>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -32,6 +36,11 @@ namespace fs = std::filesystem;
 
 constexpr const char* kImmutableCacheControl = "public, max-age=31536000, immutable";
 constexpr size_t kMaxNegativeEntries = 10000;
+// Serve-while-arriving: a reader more than this behind the upstream is dropped (it retries and
+// finds the object cached); a reader arriving later than this into a fetch waits for the whole
+// object instead of catching up from memory.
+constexpr size_t kReaderMaxPending = 16u << 20;
+constexpr uint64_t kReaderMaxCatchUp = 4u << 20;
 // Accounted per entry on top of its data: the .meta file and the index.
 constexpr uint64_t kEntryOverhead = 512;
 
@@ -201,6 +210,8 @@ class Proxy::Impl {
 
   ~Impl() {
     ondemand_.reset();  // Its workers fetch through this object: stop them first.
+    stopping_ = true;   // Fetches still running give up at their next piece.
+    fetchers_.reset();
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& t : transient_) ::unlink(t.second.c_str());
     for (const auto& [deadline, key] : graveyard_) {
@@ -299,11 +310,12 @@ class Proxy::Impl {
     return Status::Ok();
   }
 
-  net::Response ServeObject(const net::Request& req, const std::string& sha) {
+  net::Response ServeObject(const net::Request& req, const std::string& sha,
+                            bool stream_ok = false) {
     if (ondemand_) {
       if (std::optional<net::Response> r = ondemand_->ServeObject(sha)) return std::move(*r);
     }
-    if (options_.store == StorePolicy::kBoth) return Serve(req, ObjectKind::kBlob, sha);
+    if (options_.store == StorePolicy::kBoth) return Serve(req, ObjectKind::kBlob, sha, stream_ok);
     SweepTransient();
     if (options_.store == StorePolicy::kDelta) {
       for (const std::string& path : {StoreFullPath(sha), StoreDeltaPath(sha)}) {
@@ -316,11 +328,11 @@ class Proxy::Impl {
     }
     // What is it? Unknown to the signed metadata (or no answer): the plain cache.
     Result<std::optional<Resolved>> what = ResolveBlob(sha);
-    if (!what.ok() || !*what) return Serve(req, ObjectKind::kBlob, sha);
+    if (!what.ok() || !*what) return Serve(req, ObjectKind::kBlob, sha, stream_ok);
     const Resolved& res = **what;
     if (options_.store == StorePolicy::kFull) {
       if (res.version < 0 && res.delta) return RelayTransient(req.path, ObjectKind::kBlob, sha);
-      return Serve(req, ObjectKind::kBlob, sha);
+      return Serve(req, ObjectKind::kBlob, sha, stream_ok);
     }
     if (res.version >= 0) return ServeVersion(res.release, static_cast<size_t>(res.version));
     // A delta's patch: kept in the store.
@@ -440,7 +452,10 @@ class Proxy::Impl {
         .With("Cache-Control", "no-cache");
   }
 
-  net::Response Serve(const net::Request& req, ObjectKind kind, const std::string& expected) {
+  // |stream_ok|: the answer goes to an HTTP client, which may get an object while it is still
+  // arriving from the upstream (a streamed body); internal callers need the whole file.
+  net::Response Serve(const net::Request& req, ObjectKind kind, const std::string& expected,
+                      bool stream_ok = false) {
     if (kind == ObjectKind::kDeclared && options_.store == StorePolicy::kFull) {
       SweepTransient();
       return RelayTransient(req.path, kind, expected);
@@ -476,25 +491,24 @@ class Proxy::Impl {
         ++stats_.coalesced;
       } else {
         flight = std::make_shared<Flight>();
+        flight->streaming = stream_ok && Streamable(req, kind);
         flights_[key] = flight;
         leader = true;
       }
     }
+    if (leader && flight->streaming) {
+      // The fetch runs on its own thread; this request, like later ones, reads it as it arrives.
+      fetchers_->Submit([this, flight, key, target, kind, expected] {
+        CompleteFlight(flight, key, target, FetchStreaming(flight, key, target, kind, expected));
+      });
+      leader = false;
+    }
     if (leader) {
-      Result<EntryInfo> r = Fetch(key, target, kind, expected);
-      std::lock_guard<std::mutex> lock(mu_);
-      if (r.ok()) {
-        InsertLocked(*r);
-        EvictLocked(key);
-      } else if (r.status().code() == ErrorCode::kNotFound) {
-        if (negative_.size() >= kMaxNegativeEntries) negative_.clear();
-        negative_[target] = Negative{r.status(), MonoMs() + options_.negative_ttl_ms};
-      }
-      flight->result = std::move(r);
-      flight->done = true;
-      flights_.erase(key);
-      flight_done_.notify_all();
+      CompleteFlight(flight, key, target, Fetch(key, target, kind, expected));
     } else {
+      if (stream_ok && Streamable(req, kind)) {
+        if (std::optional<net::Response> r = AttachReader(flight)) return std::move(*r);
+      }
       std::unique_lock<std::mutex> lock(mu_);
       flight_done_.wait(lock, [&] { return flight->done; });
     }
@@ -555,9 +569,247 @@ class Proxy::Impl {
 
  private:
   struct Flight {
-    bool done = false;
+    bool done = false;  // Guarded by mu_, like |result|.
     Result<EntryInfo> result = Status(ErrorCode::kInternal, "flight not finished");
+    bool streaming = false;  // Set at creation: the fetch serves readers while it arrives.
+
+    // Serve-while-arriving state, guarded by |mu|. The upstream's body goes to |tmp_path|; all
+    // of it but the last piece (|held|) has also gone to every reader, so that a body which
+    // fails verification at the end is never delivered whole: its readers see a cut body.
+    std::mutex mu;
+    std::condition_variable cv;
+    bool head_known = false;  // The upstream answered 200 with a length and a SHA-256.
+    bool arrivals_over = false;
+    uint64_t length = 0;
+    std::string content_type, sha256, tmp_path;
+    uint64_t sent = 0;  // Bytes of the file already handed to readers.
+    std::string held;
+    std::vector<std::shared_ptr<net::BodyStream>> readers;
   };
+
+  // A tiny thread pool for fetches that serve readers while they arrive.
+  class FetchPool {
+   public:
+    explicit FetchPool(int threads) : threads_(threads) {}
+    ~FetchPool() {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        stop_ = true;
+      }
+      cv_.notify_all();
+      for (std::thread& t : workers_) t.join();
+    }
+    void Submit(std::function<void()> task) {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(std::move(task));
+      if (workers_.size() < static_cast<size_t>(threads_) && idle_ == 0) {
+        workers_.emplace_back([this] { Run(); });
+      }
+      cv_.notify_one();
+    }
+
+   private:
+    void Run() {
+      std::unique_lock<std::mutex> lock(mu_);
+      for (;;) {
+        ++idle_;
+        cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        --idle_;
+        if (queue_.empty()) return;  // Stopping, nothing left.
+        std::function<void()> task = std::move(queue_.front());
+        queue_.pop_front();
+        lock.unlock();
+        task();
+        lock.lock();
+      }
+    }
+    const int threads_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<std::function<void()>> queue_;
+    std::vector<std::thread> workers_;
+    int idle_ = 0;
+    bool stop_ = false;
+  };
+
+  // Whole-object GETs of verifiable objects can be served while they arrive.
+  static bool Streamable(const net::Request& req, ObjectKind kind) {
+    return (kind == ObjectKind::kBlob || kind == ObjectKind::kDeclared) && req.method == "GET" &&
+           req.Header("range").empty() && req.Header("if-none-match").empty();
+  }
+
+  // Publishes a flight's outcome: indexes the entry, remembers a 404, wakes the waiters.
+  void CompleteFlight(const std::shared_ptr<Flight>& flight, const std::string& key,
+                      const std::string& target, Result<EntryInfo> r) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (r.ok()) {
+      InsertLocked(*r);
+      EvictLocked(key);
+    } else if (r.status().code() == ErrorCode::kNotFound) {
+      if (negative_.size() >= kMaxNegativeEntries) negative_.clear();
+      negative_[target] = Negative{r.status(), MonoMs() + options_.negative_ttl_ms};
+    }
+    flight->result = std::move(r);
+    flight->done = true;
+    flights_.erase(key);
+    flight_done_.notify_all();
+  }
+
+  // Hands |piece| to every reader; drops the ones that are gone or too far behind (their
+  // connection closes on a short body; they retry and find the object cached).
+  void FanOutLocked(Flight& f, const std::string& piece) {
+    size_t kept = 0;
+    for (auto& reader : f.readers) {
+      if (reader->pending() > kReaderMaxPending || !reader->Write(piece)) {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++stats_.stream_readers_dropped;
+        continue;
+      }
+      f.readers[kept++] = std::move(reader);
+    }
+    f.readers.resize(kept);
+    f.sent += piece.size();
+  }
+
+  // A streamed answer for a reader of |flight|, once the upstream's header is in; nullopt when
+  // the fetch is not streaming, failed or finished first, or is too far along to catch up with
+  // (then the caller waits for the whole object as before).
+  std::optional<net::Response> AttachReader(const std::shared_ptr<Flight>& flight) {
+    if (!flight->streaming) return std::nullopt;
+    std::unique_lock<std::mutex> lock(flight->mu);
+    flight->cv.wait_for(lock, std::chrono::milliseconds(options_.connect_timeout_ms),
+                        [&] { return flight->head_known || flight->arrivals_over; });
+    if (!flight->head_known || flight->arrivals_over || flight->sent > kReaderMaxCatchUp) {
+      return std::nullopt;
+    }
+    std::shared_ptr<net::BodyStream> stream;
+    net::Response r = net::Response::Streamed(200, flight->content_type, &stream, flight->length);
+    r.With("ETag", "\"" + flight->sha256 + "\"")
+        .With("X-Content-SHA256", flight->sha256)
+        .With("Cache-Control", kImmutableCacheControl)
+        .With("X-Deltastream-Cache", "miss-arriving");
+    if (flight->sent > 0) {
+      const int fd = ::open(flight->tmp_path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) return std::nullopt;
+      std::string prefix(flight->sent, '\0');
+      size_t got = 0;
+      while (got < prefix.size()) {
+        const ssize_t n =
+            ::pread(fd, prefix.data() + got, prefix.size() - got, static_cast<off_t>(got));
+        if (n <= 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += static_cast<size_t>(n);
+      }
+      ::close(fd);
+      if (got != prefix.size()) return std::nullopt;
+      stream->Write(std::move(prefix));
+    }
+    flight->readers.push_back(stream);
+    std::lock_guard<std::mutex> stats_lock(mu_);
+    ++stats_.streamed_while_arriving;
+    return r;
+  }
+
+  // Like Fetch(), and while the body arrives it is handed to the flight's readers.
+  Result<EntryInfo> FetchStreaming(const std::shared_ptr<Flight>& flight, const std::string& key,
+                                   const std::string& target, ObjectKind kind,
+                                   const std::string& expected) {
+    Flight& f = *flight;
+    // However this ends, readers are released: whole only after verification, else cut.
+    struct Finish {
+      Flight& f;
+      bool verified = false;
+      ~Finish() {
+        std::lock_guard<std::mutex> lock(f.mu);
+        if (verified && !f.held.empty()) {
+          for (auto& reader : f.readers) reader->Write(f.held);
+        }
+        for (auto& reader : f.readers) {
+          if (verified) reader->Close();
+        }
+        f.readers.clear();  // Unclosed streams end short: their connections close.
+        f.held.clear();
+        f.arrivals_over = true;
+        f.cv.notify_all();
+      }
+    } finish{f};
+    if (!breaker_.Allow()) {
+      return Error(ErrorCode::kUnavailable,
+                   "upstream " + options_.upstream + " is failing (circuit breaker open)");
+    }
+    const std::string tmp = TmpDir() + "/" + key + "." + std::to_string(++tmp_counter_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.upstream_fetches;
+    }
+    const int fd = ::open(tmp.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0) return ErrnoStatus("create " + tmp, errno);
+    {
+      std::lock_guard<std::mutex> lock(f.mu);
+      f.tmp_path = tmp;
+    }
+    auto on_head = [&](const net::ClientResponse& h) -> Status {
+      std::string sha = expected;
+      if (kind == ObjectKind::kDeclared) {
+        sha = std::string(h.Header("x-content-sha256"));
+        if (sha.empty()) sha = Unquote(std::string(h.Header("etag")));
+      }
+      const std::string_view len = h.Header("content-length");
+      uint64_t length = 0;
+      const bool length_ok =
+          !len.empty() && len.size() <= 19 &&
+          std::all_of(len.begin(), len.end(), [](char c) { return c >= '0' && c <= '9'; });
+      if (length_ok) length = std::stoull(std::string(len));
+      if (h.status != 200 || !IsHex64(sha) || !length_ok || length == 0) return Status::Ok();
+      std::lock_guard<std::mutex> lock(f.mu);
+      f.length = length;
+      f.sha256 = sha;
+      const std::string_view ct = h.Header("content-type");
+      f.content_type = ct.empty() ? "application/octet-stream" : std::string(ct);
+      f.head_known = true;
+      f.cv.notify_all();
+      return Status::Ok();
+    };
+    auto on_data = [&](int, ByteView piece) -> Status {
+      if (stopping_.load()) return Error(ErrorCode::kUnavailable, "the proxy is stopping");
+      size_t done = 0;
+      while (done < piece.size()) {
+        const ssize_t n = ::write(fd, piece.data() + done, piece.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return ErrnoStatus("write " + tmp, errno);
+        done += static_cast<size_t>(n);
+      }
+      std::lock_guard<std::mutex> lock(f.mu);
+      if (!f.held.empty()) FanOutLocked(f, f.held);
+      f.held.assign(reinterpret_cast<const char*>(piece.data()), piece.size());
+      return Status::Ok();
+    };
+    Result<net::ClientResponse> r = client_.GetStream(options_.upstream + target, on_head, on_data);
+    Status synced = Status::Ok();
+    if (::fdatasync(fd) != 0) synced = ErrnoStatus("fdatasync " + tmp, errno);
+    ::close(fd);
+    if (r.ok() && (r->status < 200 || r->status >= 300)) r = net::StatusFromResponse(*r);
+    if (r.ok() && !synced.ok()) r = synced;
+    if (!r.ok()) {
+      ::unlink(tmp.c_str());
+      if (IsUpstreamFailure(r.status().code())) {
+        breaker_.Failure();
+        std::lock_guard<std::mutex> lock(mu_);
+        ++stats_.upstream_failures;
+      } else {
+        breaker_.Success();
+      }
+      return r.status();
+    }
+    breaker_.Success();
+    Result<EntryInfo> e = Install(key, target, kind, expected, *r, tmp);
+    if (!e.ok()) {
+      ::unlink(tmp.c_str());
+      return e;
+    }
+    finish.verified = true;  // Install verified the SHA-256: the held piece may go out.
+    return e;
+  }
   struct Indexed {
     EntryInfo info;
     std::list<std::string>::iterator lru;
@@ -1061,6 +1313,9 @@ class Proxy::Impl {
   std::unordered_map<std::string, std::shared_ptr<std::mutex>> version_locks_;
   // Version sha256 -> (usable until, rebuilt file): concurrent and repeated requests share it.
   std::unordered_map<std::string, std::pair<int64_t, std::string>> recent_rebuilds_;
+  std::atomic<bool> stopping_{false};
+  // Fetches serving readers while they arrive (they call back into this object).
+  std::unique_ptr<FetchPool> fetchers_ = std::make_unique<FetchPool>(8);
   // Last: destroyed first (its workers call back into this object).
   std::unique_ptr<OnDemandDeltas> ondemand_;
 };
@@ -1076,12 +1331,12 @@ Result<std::unique_ptr<Proxy>> Proxy::Open(const ProxyOptions& options) {
 
 net::Response Proxy::Serve(const net::Request& req, ObjectKind kind,
                            const std::string& expected_sha256) {
-  return impl_->Serve(req, kind, expected_sha256);
+  return impl_->Serve(req, kind, expected_sha256, /*stream_ok=*/true);
 }
 
 net::Response Proxy::Stream(const net::Request& req) { return impl_->Stream(req); }
 net::Response Proxy::ServeObject(const net::Request& req, const std::string& sha256) {
-  return impl_->ServeObject(req, sha256);
+  return impl_->ServeObject(req, sha256, /*stream_ok=*/true);
 }
 net::Response Proxy::ServeChunk(const net::Request& req, const std::string& sha256,
                                 const std::string& range) {
@@ -1106,6 +1361,12 @@ std::string Proxy::MetricsText() const {
          static_cast<double>(s.misses));
   metric("ds_proxy_coalesced_total", "Misses that waited for another request's fetch.", "counter",
          static_cast<double>(s.coalesced));
+  metric("ds_proxy_streamed_while_arriving_total",
+         "Answers streamed from an upstream fetch still in progress.", "counter",
+         static_cast<double>(s.streamed_while_arriving));
+  metric("ds_proxy_stream_readers_dropped_total",
+         "Readers of an arriving object dropped for falling too far behind.", "counter",
+         static_cast<double>(s.stream_readers_dropped));
   metric("ds_proxy_negative_hits_total", "Requests answered by a cached 404.", "counter",
          static_cast<double>(s.negative_hits));
   metric("ds_proxy_stale_served_total", "Expired entries served while the upstream failed.",

@@ -81,6 +81,7 @@ enum class ObjectKind {
 
 struct ProxyStats {
   uint64_t hits = 0, misses = 0, stale_served = 0, negative_hits = 0, coalesced = 0;
+  uint64_t streamed_while_arriving = 0, stream_readers_dropped = 0;
   uint64_t upstream_fetches = 0, upstream_failures = 0, verify_failures = 0;
   uint64_t bytes_served = 0, bytes_fetched = 0;
   uint64_t cache_bytes = 0, cache_entries = 0, evictions = 0;
@@ -109,7 +110,9 @@ class Proxy {
   Proxy& operator=(const Proxy&) = delete;
 
   // Answers a GET/HEAD for |req| (its raw path and query are relayed) from the cache or the
-  // upstream. For kBlob, |expected_sha256| is the name's digest.
+  // upstream. For kBlob, |expected_sha256| is the name's digest. A blob or delta patch still
+  // arriving from the upstream is answered with a streamed body (docs/API.md, "Single flight").
+  // Handlers call it; it returns as soon as the upstream's header is in.
   net::Response Serve(const net::Request& req, ObjectKind kind,
                       const std::string& expected_sha256 = "");
 

@@ -11,8 +11,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <ctime>
+#include <functional>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -255,6 +259,195 @@ TEST_F(ProxyTest, ConcurrentMissesMakeOneUpstreamFetch) {
   const double sent = Metric(master_->url(), "ds_http_bytes_sent_total") - sent0;
   EXPECT_GT(sent, 8 << 20);
   EXPECT_LT(sent, 2 * (8 << 20));
+}
+
+// An HTTP relay in front of the master that holds the body of one blob at its middle until
+// released (and may corrupt its second half): a slow upstream made deterministic.
+class GateRelay {
+ public:
+  explicit GateRelay(std::string upstream) : upstream_(std::move(upstream)) {
+    net::ServerOptions o;
+    o.host = "127.0.0.1";
+    o.port = 0;
+    o.worker_threads = 8;
+    server_ = std::make_unique<net::Server>(o);
+    for (const char* p : {"/v1/health", "/v1/artifacts", "/v1/artifacts/{a}/{b}"}) {
+      server_->Route("GET", p, [this](net::Request& req) { return Forward(req.path); });
+    }
+    server_->Route("GET", "/v1/blobs/{sha}", [this](net::Request& req) { return Blob(req); });
+    EXPECT_TRUE(server_->Start().ok());
+    url_ = "http://127.0.0.1:" + std::to_string(server_->port());
+  }
+  ~GateRelay() {
+    Release();
+    server_->Stop();
+    for (std::thread& t : producers_) t.join();
+  }
+  const std::string& url() const { return url_; }
+  void Gate(const std::string& sha, bool corrupt) {
+    std::lock_guard<std::mutex> lock(mu_);
+    gated_ = sha;
+    corrupt_ = corrupt;
+    released_ = false;
+  }
+  void Release() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      released_ = true;
+    }
+    cv_.notify_all();
+  }
+  void Clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    gated_.clear();
+  }
+  int held_bodies() const { return held_.load(); }
+
+ private:
+  net::Response Forward(const std::string& path) {
+    Result<net::ClientResponse> r = net::Client().Get(upstream_ + path);
+    if (!r.ok()) return net::Response::FromStatus(r.status());
+    net::Response out = net::Response::Text(r->status, r->body, "application/json");
+    return out;
+  }
+  net::Response Blob(net::Request& req) {
+    const std::string sha = req.params["sha"];
+    Result<net::ClientResponse> r = net::Client().Get(upstream_ + req.path);
+    if (!r.ok()) return net::Response::FromStatus(r.status());
+    bool corrupt = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (r->status != 200 || sha != gated_) {
+        return net::Response::Text(r->status, r->body, "application/octet-stream");
+      }
+      corrupt = corrupt_;
+    }
+    std::shared_ptr<net::BodyStream> stream;
+    net::Response out =
+        net::Response::Streamed(200, "application/octet-stream", &stream, r->body.size());
+    std::string body = std::move(r->body);
+    if (corrupt) body[body.size() * 3 / 4] ^= 0x01;
+    std::lock_guard<std::mutex> lock(mu_);
+    producers_.emplace_back([this, stream, body = std::move(body)] {
+      const size_t half = body.size() / 2;
+      for (size_t at = 0; at < body.size(); at += 65536) {
+        if (at >= half && at < half + 65536) {
+          ++held_;
+          std::unique_lock<std::mutex> lock(mu_);
+          cv_.wait_for(lock, std::chrono::seconds(60), [&] { return released_; });
+        }
+        if (!stream->Write(body.substr(at, 65536))) return;
+      }
+      stream->Close();
+    });
+    return out;
+  }
+
+  std::string upstream_;
+  std::unique_ptr<net::Server> server_;
+  std::string url_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::string gated_;
+  bool corrupt_ = false;
+  bool released_ = false;
+  std::atomic<int> held_{0};
+  std::vector<std::thread> producers_;
+};
+
+// Concurrent readers of an object the proxy is still fetching: each gets bytes as they arrive.
+struct Reader {
+  std::atomic<uint64_t> bytes{0};
+  std::string body;
+  Result<net::ClientResponse> result = Status(ErrorCode::kInternal, "not run");
+  std::thread thread;
+  void Start(const std::string& url) {
+    thread = std::thread([this, url] {
+      result = net::Client().GetStream(url, [this](int, ByteView piece) {
+        body.append(reinterpret_cast<const char*>(piece.data()), piece.size());
+        bytes += piece.size();
+        return Status::Ok();
+      });
+    });
+  }
+};
+
+bool WaitUntil(const std::function<bool()>& pred, int seconds = 30) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (!pred() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return pred();
+}
+
+TEST_F(ProxyTest, ClientsAreServedWhileTheObjectIsStillArriving) {
+  const Bytes big = testing::RandomBytes(6 << 20, 77);
+  WriteFileOrDie(dir_.Join("big"), big);
+  RunResult pub =
+      RunCli(dir_, {"publish", "-q", "--artifact", "big", "--version", "1.0.0", dir_.Join("big"),
+                    "--server", master_->url(), "--token-file", dir_.Join("master/admin.token")});
+  ASSERT_EQ(pub.exit_code, 0) << pub.err;
+  const std::string sha = ToHex(Sha256::Of(big));
+  GateRelay relay(master_->url());
+  relay.Gate(sha, /*corrupt=*/false);
+  auto proxy = StartProxy("proxy1", relay.url());
+  const std::string url = proxy->url() + "/v1/blobs/" + sha;
+
+  std::vector<Reader> readers(3);
+  for (Reader& r : readers) r.Start(url);
+  // The relay holds the second half back; every reader already has most of the first.
+  ASSERT_TRUE(WaitUntil([&] {
+    for (Reader& r : readers) {
+      if (r.bytes < (2u << 20)) return false;
+    }
+    return true;
+  }));
+  EXPECT_EQ(relay.held_bodies(), 1);
+  for (Reader& r : readers) EXPECT_LT(r.bytes.load(), big.size() / 2 + 1);
+  relay.Release();
+  for (Reader& r : readers) {
+    r.thread.join();
+    ASSERT_TRUE(r.result.ok()) << r.result.status().ToString();
+    EXPECT_EQ(r.result->status, 200);
+    EXPECT_TRUE(r.body == Str(big));
+  }
+  EXPECT_EQ(Metric(proxy->url(), "ds_proxy_upstream_fetches_total"), 1);
+  EXPECT_EQ(Metric(proxy->url(), "ds_proxy_streamed_while_arriving_total"), 3);
+  // Then from the cache, verified, with Range support.
+  const net::ClientResponse again = GetUrl(url);
+  EXPECT_TRUE(again.body == Str(big));
+  EXPECT_EQ(again.Header("x-deltastream-cache"), "hit");
+}
+
+TEST_F(ProxyTest, AnArrivingObjectThatFailsVerificationIsNeverDeliveredWhole) {
+  const Bytes big = testing::RandomBytes(4 << 20, 78);
+  WriteFileOrDie(dir_.Join("big"), big);
+  RunResult pub =
+      RunCli(dir_, {"publish", "-q", "--artifact", "big", "--version", "1.0.0", dir_.Join("big"),
+                    "--server", master_->url(), "--token-file", dir_.Join("master/admin.token")});
+  ASSERT_EQ(pub.exit_code, 0) << pub.err;
+  const std::string sha = ToHex(Sha256::Of(big));
+  GateRelay relay(master_->url());
+  relay.Gate(sha, /*corrupt=*/true);
+  auto proxy = StartProxy("proxy1", relay.url());
+  const std::string url = proxy->url() + "/v1/blobs/" + sha;
+  std::vector<Reader> readers(2);
+  for (Reader& r : readers) r.Start(url);
+  ASSERT_TRUE(WaitUntil([&] { return readers[0].bytes > (1u << 20) && readers[1].bytes > 0; }));
+  relay.Release();
+  for (Reader& r : readers) {
+    r.thread.join();
+    EXPECT_FALSE(r.result.ok());  // The connection closes before Content-Length is reached.
+    EXPECT_LT(r.body.size(), big.size());
+    EXPECT_TRUE(Str(big).compare(0, r.body.size(), r.body) != 0 ||
+                r.body.size() <= big.size() * 3 / 4);
+  }
+  EXPECT_EQ(Metric(proxy->url(), "ds_proxy_verify_failures_total"), 1);
+  // Nothing corrupt was cached: with the upstream healthy again the object arrives intact.
+  relay.Clear();
+  const net::ClientResponse fixed = GetUrl(url);
+  EXPECT_EQ(fixed.status, 200);
+  EXPECT_TRUE(fixed.body == Str(big));
 }
 
 TEST_F(ProxyTest, TinyCacheEvictsAndStillServes) {
