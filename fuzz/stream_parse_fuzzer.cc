@@ -70,6 +70,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       FUZZ_CHECK(back.ok());
       FUZZ_CHECK(back->sha256 == d->sha256 && back->size == d->size && back->kind == d->kind);
       FUZZ_CHECK(back->leaf_size == d->leaf_size && back->result_sha256 == d->result_sha256);
+      FUZZ_CHECK(back->steps.size() == d->steps.size());
+      // An accepted chain adds up: its steps follow each other from the base to the result.
+      if (d->is_chain()) {
+        FUZZ_CHECK(!d->steps.empty() && d->steps.size() <= ds::stream::kMaxChainSteps);
+        std::string at = d->base_sha256;
+        uint64_t total = 0;
+        for (const ds::stream::StreamDescriptor& step : d->steps) {
+          FUZZ_CHECK(step.is_delta() && step.base_sha256 == at);
+          at = step.result_sha256;
+          total += step.size;
+        }
+        FUZZ_CHECK(at == d->result_sha256 && total == d->size);
+      }
     }
   }
   return 0;

@@ -529,6 +529,18 @@ class Agent::Impl {
   Result<stream::ChunkMap> FetchChunkMap(const stream::StreamDescriptor& d);
   Status Download(Context& ctx, const stream::ReleaseVersion& target,
                   const stream::StreamDescriptor& d, UpdateResult* out);
+  // A chain: each step rebuilds an intermediate version under <state>/chain/ (kept, verified,
+  // across restarts), the last one the target, which is installed.
+  Status DownloadChain(Context& ctx, const stream::ReleaseVersion& target,
+                       const stream::StreamDescriptor& d, UpdateResult* out);
+  Status CheckSpace(Context& ctx, uint64_t object_size, uint64_t result_size);
+  // Fetches |d|'s object and rebuilds |target| from it (a delta applies to |base_path|) into
+  // "<dest>.ds-new", verified against the signed size and SHA-256; the caller commits it.
+  Result<std::unique_ptr<StagedOutput>> Rebuild(Context& ctx, const stream::ReleaseVersion& target,
+                                                const stream::StreamDescriptor& d,
+                                                const std::string& base_path,
+                                                const std::string& dest, mode_t mode,
+                                                UpdateResult* out);
   Status Install(Context& ctx, const stream::ReleaseVersion& target,
                  std::unique_ptr<StagedOutput> writer);
   Status RunHealthCheck(const ManagedArtifact& art, const std::string& version);
@@ -579,7 +591,7 @@ Result<stream::StreamDescriptor> Agent::Impl::OpenStream(Context& ctx,
                                                          bool want_delta, std::string* note) {
   std::string path = "/v1/artifacts/" + net::UrlEncode(ctx.art->name) +
                      "/stream?to=" + net::UrlEncode(target.version);
-  if (want_delta) path += "&from=" + ctx.installed_sha256;
+  if (want_delta) path += "&from=" + ctx.installed_sha256 + "&chain=1";
   int64_t waited = 0;
   net::ClientResponse r;
   while (true) {
@@ -606,7 +618,23 @@ Result<stream::StreamDescriptor> Agent::Impl::OpenStream(Context& ctx,
     return Error(ErrorCode::kDigestMismatch,
                  "the stream descriptor does not match the signed version " + target.version);
   }
-  if (d.is_delta()) {
+  if (d.is_chain()) {
+    // ParseDescriptor checked that the steps follow each other up to the result; every version
+    // on the way must be signed, with the size the step claims.
+    if (d.base_sha256 != ctx.installed_sha256) {
+      return Error(ErrorCode::kProtocol, "the proxy offered a chain from another base");
+    }
+    for (const stream::StreamDescriptor& step : d.steps) {
+      const stream::ReleaseVersion* v = ctx.release.FindVersionBySha256(step.result_sha256);
+      if (v == nullptr || v->length != step.result_size || v->version != step.to) {
+        return Error(ErrorCode::kDigestMismatch,
+                     "a chain step does not rebuild a signed version of " + ctx.art->name);
+      }
+    }
+    *note = std::to_string(d.steps.size()) +
+            " deltas in a chain; each result is verified "
+            "against its signed hash";
+  } else if (d.is_delta()) {
     if (d.base_sha256 != ctx.installed_sha256) {
       return Error(ErrorCode::kProtocol, "the proxy offered a delta from another base");
     }
@@ -643,21 +671,7 @@ Result<stream::ChunkMap> Agent::Impl::FetchChunkMap(const stream::StreamDescript
   return map;
 }
 
-Status Agent::Impl::Download(Context& ctx, const stream::ReleaseVersion& target,
-                             const stream::StreamDescriptor& d, UpdateResult* out) {
-  DS_ASSIGN_OR_RETURN(stream::ChunkMap map, FetchChunkMap(d));
-  const std::string dl = ctx.dir + "/download";
-  DS_RETURN_IF_ERROR(MakeDir(dl, 0700));
-  // A staging file for another object is stale: start over.
-  const std::string marker = dl + "/object.sha256";
-  Result<Bytes> prev_marker = ReadFile(marker, 256);
-  if (!prev_marker.ok() || std::string(prev_marker->begin(), prev_marker->end()) != d.sha256) {
-    ::unlink((ctx.art->install_path + ".ds-new").c_str());  // Output of the other object.
-    DS_RETURN_IF_ERROR(RemoveTree(dl));
-    DS_RETURN_IF_ERROR(MakeDir(dl, 0700));
-    DS_RETURN_IF_ERROR(WriteFileAtomic(marker, AsBytes(d.sha256), 0600));
-  }
-
+Status Agent::Impl::CheckSpace(Context& ctx, uint64_t object_size, uint64_t result_size) {
   // Disk space: the staged object beside the state, the new version beside the installed one
   // (and a copy of the old one if it cannot be hard-linked; counted on the state side).
   const std::string install_dir = DirOf(ctx.art->install_path);
@@ -667,27 +681,40 @@ Status Agent::Impl::Download(Context& ctx, const stream::ReleaseVersion& target,
   const bool same_fs = ::stat(ctx.dir.c_str(), &st_state) == 0 &&
                        ::stat(install_dir.c_str(), &st_install) == 0 &&
                        st_state.st_dev == st_install.st_dev;
-  const uint64_t need_state = d.size + kDiskMargin;
-  const uint64_t need_install = target.length + kDiskMargin;
+  const uint64_t need_state = object_size + kDiskMargin;
+  const uint64_t need_install = result_size + kDiskMargin;
   if (same_fs ? free_state < need_state + need_install
               : (free_state < need_state || free_install < need_install)) {
-    return Error(ErrorCode::kNoSpace, "not enough free disk space for " + std::to_string(d.size) +
-                                          " + " + std::to_string(target.length) + " bytes");
+    return Error(ErrorCode::kNoSpace, "not enough free disk space for " +
+                                          std::to_string(object_size) + " + " +
+                                          std::to_string(result_size) + " bytes");
   }
+  return Status::Ok();
+}
 
-  RemoveStaleTemps(ctx.art->install_path);
-  mode_t mode = 0755;
-  if (!ctx.installed_sha256.empty()) {
-    DS_ASSIGN_OR_RETURN(mode, FileMode(ctx.art->install_path));
+Result<std::unique_ptr<StagedOutput>> Agent::Impl::Rebuild(
+    Context& ctx, const stream::ReleaseVersion& target, const stream::StreamDescriptor& d,
+    const std::string& base_path, const std::string& dest, mode_t mode, UpdateResult* out) {
+  DS_ASSIGN_OR_RETURN(stream::ChunkMap map, FetchChunkMap(d));
+  const std::string dl = ctx.dir + "/download";
+  DS_RETURN_IF_ERROR(MakeDir(dl, 0700));
+  // A staging file for another object is stale: start over.
+  const std::string marker = dl + "/object.sha256";
+  Result<Bytes> prev_marker = ReadFile(marker, 256);
+  if (!prev_marker.ok() || std::string(prev_marker->begin(), prev_marker->end()) != d.sha256) {
+    ::unlink((dest + ".ds-new").c_str());  // Output of the other object.
+    DS_RETURN_IF_ERROR(RemoveTree(dl));
+    DS_RETURN_IF_ERROR(MakeDir(dl, 0700));
+    DS_RETURN_IF_ERROR(WriteFileAtomic(marker, AsBytes(d.sha256), 0600));
   }
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<StagedOutput> writer,
-                      StagedOutput::Open(ctx.art->install_path, mode));
+  RemoveStaleTemps(dest);
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<StagedOutput> writer, StagedOutput::Open(dest, mode));
   InstallSink sink(writer.get());
   std::unique_ptr<RandomAccessFile> old_file;
   std::unique_ptr<delta::FileOldSource> old_source;
   std::unique_ptr<ObjectConsumer> consumer;
   if (d.is_delta()) {
-    DS_ASSIGN_OR_RETURN(old_file, RandomAccessFile::Open(ctx.art->install_path));
+    DS_ASSIGN_OR_RETURN(old_file, RandomAccessFile::Open(base_path));
     old_source = std::make_unique<delta::FileOldSource>(old_file.get());
     consumer =
         std::make_unique<PatchConsumer>(old_source.get(), &sink, dl + "/apply.json", d.sha256);
@@ -715,21 +742,74 @@ Status Agent::Impl::Download(Context& ctx, const stream::ReleaseVersion& target,
   Emit(plan);
   const Status fetched = FetchObject(config_, spec, consumer.get(), events_, start_, &stats);
   out->bytes_fetched += stats.bytes_fetched;
-  out->object_size = d.size;
+  out->object_size += d.size;
   out->resumed = out->resumed || stats.leaves_resumed > 0;
   old_source.reset();
   old_file.reset();
   if (!fetched.ok() || sink.size() != target.length || sink.Digest() != target.sha256) {
     // Whatever was built is not to be continued: the next attempt starts the output afresh
     // (the verified download is kept).
-    ::unlink((ctx.art->install_path + ".ds-new").c_str());
+    ::unlink((dest + ".ds-new").c_str());
     ::unlink((dl + "/apply.json").c_str());
     DS_RETURN_IF_ERROR(fetched);
     return Error(ErrorCode::kDigestMismatch,
                  "the rebuilt " + target.version + " does not match its signed SHA-256");
   }
   Say("verified", ctx.art->name, target.version + " sha256 " + target.sha256);
+  return writer;
+}
+
+Status Agent::Impl::Download(Context& ctx, const stream::ReleaseVersion& target,
+                             const stream::StreamDescriptor& d, UpdateResult* out) {
+  DS_RETURN_IF_ERROR(CheckSpace(ctx, d.size, target.length));
+  mode_t mode = 0755;
+  if (!ctx.installed_sha256.empty()) {
+    DS_ASSIGN_OR_RETURN(mode, FileMode(ctx.art->install_path));
+  }
+  DS_ASSIGN_OR_RETURN(
+      std::unique_ptr<StagedOutput> writer,
+      Rebuild(ctx, target, d, ctx.art->install_path, ctx.art->install_path, mode, out));
   return Install(ctx, target, std::move(writer));
+}
+
+Status Agent::Impl::DownloadChain(Context& ctx, const stream::ReleaseVersion& target,
+                                  const stream::StreamDescriptor& d, UpdateResult* out) {
+  const std::string chain_dir = ctx.dir + "/chain";
+  DS_RETURN_IF_ERROR(MakeDir(chain_dir, 0700));
+  std::string base = ctx.art->install_path;
+  for (size_t i = 0; i < d.steps.size(); ++i) {
+    const stream::StreamDescriptor& step = d.steps[i];
+    const stream::ReleaseVersion* v = ctx.release.FindVersionBySha256(step.result_sha256);
+    if (v == nullptr) {
+      return Error(ErrorCode::kProtocol, "a chain step rebuilds an unsigned version");
+    }
+    Say("step", ctx.art->name,
+        "chain step " + std::to_string(i + 1) + "/" + std::to_string(d.steps.size()) + ": " +
+            std::to_string(step.size) + " bytes to " + v->version);
+    if (i + 1 == d.steps.size()) {
+      DS_RETURN_IF_ERROR(CheckSpace(ctx, step.size, target.length));
+      DS_ASSIGN_OR_RETURN(mode_t mode, FileMode(ctx.art->install_path));
+      DS_ASSIGN_OR_RETURN(std::unique_ptr<StagedOutput> writer,
+                          Rebuild(ctx, target, step, base, ctx.art->install_path, mode, out));
+      DS_RETURN_IF_ERROR(Install(ctx, target, std::move(writer)));
+      static_cast<void>(RemoveTree(chain_dir));  // Best effort.
+      return Status::Ok();
+    }
+    const std::string intermediate = chain_dir + "/" + step.result_sha256;
+    // Rebuilt (and verified) by an earlier run that did not finish the chain.
+    if (Result<std::string> sha = HashFile(intermediate); sha.ok() && *sha == step.result_sha256) {
+      base = intermediate;
+      continue;
+    }
+    DS_RETURN_IF_ERROR(CheckSpace(ctx, step.size, v->length));
+    DS_ASSIGN_OR_RETURN(std::unique_ptr<StagedOutput> writer,
+                        Rebuild(ctx, *v, step, base, intermediate, 0600, out));
+    DS_RETURN_IF_ERROR(writer->Commit());
+    // The step before is no longer needed.
+    if (base != ctx.art->install_path) ::unlink(base.c_str());
+    base = intermediate;
+  }
+  return Error(ErrorCode::kProtocol, "an empty chain");
 }
 
 Status Agent::Impl::Install(Context& ctx, const stream::ReleaseVersion& target,
@@ -874,7 +954,7 @@ Result<CheckResult> Agent::Impl::Check(const std::string& name) {
   if (!d.ok()) return d.status();
   c.route = d->kind;
   c.source = d->source;
-  if (d->is_delta()) c.delta_bytes = d->size;
+  if (d->is_delta() || d->is_chain()) c.delta_bytes = d->size;
   return c;
 }
 
@@ -921,10 +1001,11 @@ Result<UpdateResult> Agent::Impl::Update(const std::string& name, std::optional<
   if (!ctx.installed_sha256.empty()) {
     std::string note;
     Result<stream::StreamDescriptor> d = OpenStream(ctx, *target, /*want_delta=*/true, &note);
-    if (d.ok() && d->is_delta()) {
-      Say("route", name, "delta of " + std::to_string(d->size) + " bytes (" + note + ")");
-      out.route = "delta";
-      delta_status = Download(ctx, *target, *d, &out);
+    if (d.ok() && (d->is_delta() || d->is_chain())) {
+      Say("route", name, d->kind + " of " + std::to_string(d->size) + " bytes (" + note + ")");
+      out.route = d->kind;
+      delta_status =
+          d->is_chain() ? DownloadChain(ctx, *target, *d, &out) : Download(ctx, *target, *d, &out);
       if (delta_status.ok()) {
         DS_RETURN_IF_ERROR(RunHealthCheckOrRollBack(ctx, *target, &out));
         return out;
@@ -954,6 +1035,7 @@ Result<UpdateResult> Agent::Impl::Update(const std::string& name, std::optional<
   DS_ASSIGN_OR_RETURN(stream::StreamDescriptor full,
                       OpenStream(ctx, *target, /*want_delta=*/false, &note));
   out.route = "full";
+  out.object_size = 0;  // The full artifact's size, not what the failed delta path added.
   DS_RETURN_IF_ERROR(Download(ctx, *target, full, &out));
   DS_RETURN_IF_ERROR(RunHealthCheckOrRollBack(ctx, *target, &out));
   return out;

@@ -397,16 +397,21 @@ class Proxy::Impl {
       return DescriptorResponse(d, stale);
     }
     d.source = "full";
-    if (!ondemand_ || !from || *from == d.result_sha256) return DescriptorResponse(d, stale);
+    if (!from || *from == d.result_sha256) return DescriptorResponse(d, stale);
+    // No direct delta upstream: a chain of signed deltas, when the client takes chains and the
+    // chain is smaller than the full artifact.
+    std::optional<stream::StreamDescriptor> chain;
+    if (req.QueryParam("chain") == "1") chain = ChainDescriptor(artifact, *from, d);
+    if (!ondemand_) return DescriptorResponse(chain ? *chain : d, stale);
     std::optional<OnDemandDelta> p = ondemand_->Find(*from, d.result_sha256);
     if (!p) {
       // Both full artifacts must be versions in the upstream's signed version list.
       Result<std::pair<uint64_t, uint64_t>> sizes = SignedSizes(artifact, *from, d.result_sha256);
-      if (!sizes.ok()) return DescriptorResponse(d, stale);
+      if (!sizes.ok()) return DescriptorResponse(chain ? *chain : d, stale);
       Result<OnDemandDelta> q =
           ondemand_->Request(*from, sizes->first, d.result_sha256, sizes->second);
       if (!q.ok()) {
-        if (want_full) return DescriptorResponse(d, stale);
+        if (want_full || chain) return DescriptorResponse(chain ? *chain : d, stale);
         return net::Response::FromStatus(q.status())
             .With("Retry-After", std::to_string(RetryAfterSeconds(d.result_size, 16)))
             .With("Cache-Control", "no-cache");
@@ -415,6 +420,7 @@ class Proxy::Impl {
     }
     switch (p->state) {
       case OnDemandState::kReady:
+        if (chain && chain->size <= p->size) return DescriptorResponse(*chain, stale);
         d.kind = "delta";
         d.format = "dspf";
         d.delta_id = 0;
@@ -429,10 +435,12 @@ class Proxy::Impl {
         return DescriptorResponse(d, stale);
       case OnDemandState::kQueued:
       case OnDemandState::kRunning:
-        if (want_full) return DescriptorResponse(d, stale);
+        // The direct delta is usually the smallest: the client waits for it, unless it would
+        // rather not (fallback=full), then a chain beats the full artifact.
+        if (want_full) return DescriptorResponse(chain ? *chain : d, stale);
         break;
-      default:  // Not worth it, or failed: the full artifact.
-        return DescriptorResponse(d, stale);
+      default:  // Not worth it, or failed: the chain or the full artifact.
+        return DescriptorResponse(chain ? *chain : d, stale);
     }
     const int retry =
         RetryAfterSeconds(d.result_size, ondemand_->QueuePosition(*from, d.result_sha256));
@@ -1128,11 +1136,62 @@ class Proxy::Impl {
     return static_cast<int>(std::min<uint64_t>(60, per_job * (1 + jobs_ahead)));
   }
 
+  // A chain of the upstream's signed deltas from |from| to the version |full| rebuilds, when
+  // one of at most kMaxChainSteps steps exists and is smaller than the full artifact; each step
+  // is the upstream's own descriptor of that delta (so its chunks come through the cache).
+  std::optional<stream::StreamDescriptor> ChainDescriptor(const std::string& artifact,
+                                                          const std::string& from,
+                                                          const stream::StreamDescriptor& full) {
+    Result<SignedRelease> release = Release(artifact);
+    if (!release.ok()) return std::nullopt;
+    std::optional<std::vector<SignedRelease::Delta>> path =
+        CheapestDeltaPath(*release, from, full.result_sha256, stream::kMaxChainSteps);
+    if (!path || path->size() < 2) return std::nullopt;
+    uint64_t total = 0;
+    for (const SignedRelease::Delta& step : *path) total += step.length;
+    if (total >= full.result_size) return std::nullopt;
+    stream::StreamDescriptor chain;
+    chain.artifact = full.artifact;
+    chain.to = full.to;
+    chain.result_sha256 = full.result_sha256;
+    chain.result_size = full.result_size;
+    chain.kind = "chain";
+    chain.base_sha256 = from;
+    chain.size = total;
+    chain.source = "chain";
+    for (const SignedRelease::Delta& step : *path) {
+      const int v = release->FindVersion(step.result_sha256);
+      if (v < 0) return std::nullopt;
+      net::Request up;
+      up.method = "GET";
+      up.path = "/v1/artifacts/" + net::UrlEncode(artifact) + "/stream";
+      up.query = "from=" + step.base_sha256 +
+                 "&to=" + net::UrlEncode(release->versions[static_cast<size_t>(v)].version) +
+                 "&fallback=full";
+      net::Response r = Serve(up, ObjectKind::kMutable, "");
+      if (r.status != 200) return std::nullopt;
+      Result<std::string> body = ReadResponseFile(r);
+      if (!body.ok()) return std::nullopt;
+      Result<stream::StreamDescriptor> s = stream::ParseDescriptor(*body);
+      // It must be that very signed delta.
+      if (!s.ok() || !s->is_delta() || s->sha256 != step.sha256 || s->size != step.length ||
+          s->base_sha256 != step.base_sha256 || s->result_sha256 != step.result_sha256) {
+        return std::nullopt;
+      }
+      if (s->source.empty()) s->source = "upstream";
+      chain.steps.push_back(std::move(s).value());
+    }
+    return chain;
+  }
+
   net::Response DescriptorResponse(const stream::StreamDescriptor& d,
                                    const std::vector<std::pair<std::string, std::string>>& extra) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (d.is_delta()) {
+      if (d.is_chain()) {
+        ++stats_.streams_chain;
+        if (d.result_size > d.size) stats_.delta_bytes_saved += d.result_size - d.size;
+      } else if (d.is_delta()) {
         if (d.source == "on-demand") {
           ++stats_.streams_ondemand;
         } else {
@@ -1395,6 +1454,9 @@ std::string Proxy::MetricsText() const {
          "counter", static_cast<double>(s.streams_upstream));
   metric("ds_proxy_streams_ondemand_total", "Stream descriptors answered with an on-demand delta.",
          "counter", static_cast<double>(s.streams_ondemand));
+  metric("ds_proxy_streams_chain_total",
+         "Stream descriptors answered with a chain of upstream deltas.", "counter",
+         static_cast<double>(s.streams_chain));
   metric("ds_proxy_streams_full_total", "Stream descriptors answered with the full artifact.",
          "counter", static_cast<double>(s.streams_full));
   metric("ds_proxy_streams_pending_total", "Stream requests answered 202 (delta being made).",

@@ -89,6 +89,7 @@ struct ProxyStats {
   uint64_t breaker_opens = 0;
   // Stream descriptors answered, by source; bytes saved by the delta ones (full - delta size).
   uint64_t streams_upstream = 0, streams_ondemand = 0, streams_full = 0, streams_pending = 0;
+  uint64_t streams_chain = 0;
   uint64_t delta_bytes_saved = 0;
   // On-demand delta jobs: waiting and running now; since start: ready, not worth, failed,
   // refused (queue full).

@@ -1,5 +1,6 @@
 #include "repo/proxy_store.h"
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -94,6 +95,50 @@ Result<SignedRelease> ParseSignedRelease(std::string_view envelope) {
     }
   }
   return r;
+}
+
+std::optional<std::vector<SignedRelease::Delta>> CheapestDeltaPath(const SignedRelease& release,
+                                                                   std::string_view from,
+                                                                   std::string_view to,
+                                                                   size_t max_steps) {
+  // Bellman-Ford bounded by |max_steps| rounds: cost[v] after round k is the cheapest way in at
+  // most k deltas. Releases hold tens of deltas, so this is cheap.
+  struct Best {
+    uint64_t cost = UINT64_MAX;
+    int via = -1;  // Index of the last delta.
+  };
+  std::map<std::string, Best, std::less<>> best;
+  best[std::string(from)] = Best{0, -1};
+  for (size_t round = 0; round < max_steps; ++round) {
+    bool changed = false;
+    std::map<std::string, Best, std::less<>> next = best;
+    for (size_t i = 0; i < release.deltas.size(); ++i) {
+      const SignedRelease::Delta& d = release.deltas[i];
+      auto b = best.find(d.base_sha256);
+      if (b == best.end() || b->second.cost == UINT64_MAX) continue;
+      const uint64_t cost = b->second.cost + d.length;
+      Best& r = next[d.result_sha256];
+      if (cost < r.cost) {
+        r = Best{cost, static_cast<int>(i)};
+        changed = true;
+      }
+    }
+    best = std::move(next);
+    if (!changed) break;
+  }
+  auto it = best.find(to);
+  if (it == best.end() || it->second.via < 0) return std::nullopt;
+  std::vector<SignedRelease::Delta> path;
+  std::string at(to);
+  while (at != from && path.size() <= max_steps) {
+    const int via = best[at].via;
+    if (via < 0) return std::nullopt;
+    path.push_back(release.deltas[static_cast<size_t>(via)]);
+    at = release.deltas[static_cast<size_t>(via)].base_sha256;
+  }
+  if (at != from || path.size() > max_steps) return std::nullopt;
+  std::reverse(path.begin(), path.end());
+  return path;
 }
 
 bool IsKeyframe(size_t index, int every) {

@@ -51,6 +51,14 @@ struct SignedRelease {
 // kProtocol when |envelope| is not metadata with a well-formed "signed" part.
 Result<SignedRelease> ParseSignedRelease(std::string_view envelope);
 
+// The cheapest way by signed deltas from the version with bytes |from| to the one with bytes
+// |to|: the deltas to apply in order, with the fewest patch bytes in all among paths of at most
+// |max_steps| deltas. nullopt when none reaches it.
+std::optional<std::vector<SignedRelease::Delta>> CheapestDeltaPath(const SignedRelease& release,
+                                                                   std::string_view from,
+                                                                   std::string_view to,
+                                                                   size_t max_steps);
+
 // Version |index| is a keyframe (kept in full under --store delta): every |every|-th version
 // in signed order, starting with the first.
 bool IsKeyframe(size_t index, int every);

@@ -211,7 +211,23 @@ Result<std::pair<uint64_t, uint64_t>> ParseChunkRangeName(std::string_view s) {
   return r;
 }
 
-std::string DescriptorToJson(const StreamDescriptor& d) {
+namespace {
+
+json DescriptorJson(const StreamDescriptor& d) {
+  if (d.is_chain()) {
+    json steps = json::array();
+    for (const StreamDescriptor& step : d.steps) steps.push_back(DescriptorJson(step));
+    json j{{"artifact", d.artifact},
+           {"to", d.to},
+           {"result_sha256", d.result_sha256},
+           {"result_size", d.result_size},
+           {"kind", d.kind},
+           {"size", d.size},
+           {"base_sha256", d.base_sha256},
+           {"steps", std::move(steps)}};
+    if (!d.source.empty()) j["source"] = d.source;
+    return j;
+  }
   json j{{"artifact", d.artifact},
          {"to", d.to},
          {"result_sha256", d.result_sha256},
@@ -229,14 +245,12 @@ std::string DescriptorToJson(const StreamDescriptor& d) {
     j["base_sha256"] = d.base_sha256;
   }
   if (!d.source.empty()) j["source"] = d.source;
-  return j.dump();
+  return j;
 }
 
-Result<StreamDescriptor> ParseDescriptor(std::string_view text) {
-  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    return Error(ErrorCode::kProtocol, "stream descriptor is not a JSON object");
-  }
+// |nested|: a chain's step, which must be a delta.
+Result<StreamDescriptor> DescriptorFromJson(const json& j, bool nested) {
+  if (!j.is_object()) return Error(ErrorCode::kProtocol, "stream descriptor is not a JSON object");
   StreamDescriptor d;
   std::string missing;
   auto str = [&](const char* name, std::string* out) {
@@ -261,18 +275,49 @@ Result<StreamDescriptor> ParseDescriptor(std::string_view text) {
   u64("result_size", &d.result_size);
   str("kind", &d.kind);
   u64("size", &d.size);
-  str("sha256", &d.sha256);
-  u64("leaf_size", &d.leaf_size);
-  str("chunk_map_sha256", &d.chunk_map_sha256);
-  str("chunk_map_url", &d.chunk_map_url);
-  str("chunks_url", &d.chunks_url);
-  if (d.kind == "delta") {
-    str("format", &d.format);
+  if (d.kind == "chain") {
+    if (nested) return Error(ErrorCode::kProtocol, "a chain's step is itself a chain");
     str("base_sha256", &d.base_sha256);
-    uint64_t id = 0;
-    u64("delta_id", &id);
-    if (id > static_cast<uint64_t>(INT64_MAX)) missing = "delta_id";
-    d.delta_id = static_cast<int64_t>(id);
+    auto it = j.find("steps");
+    if (it == j.end() || !it->is_array() || it->empty() || it->size() > kMaxChainSteps) {
+      return Error(ErrorCode::kProtocol,
+                   "a chain descriptor needs 1 to " + std::to_string(kMaxChainSteps) + " steps");
+    }
+    uint64_t total = 0;
+    std::string base = d.base_sha256;
+    for (const json& step : *it) {
+      DS_ASSIGN_OR_RETURN(StreamDescriptor s, DescriptorFromJson(step, /*nested=*/true));
+      if (s.base_sha256 != base || s.artifact != d.artifact) {
+        return Error(ErrorCode::kProtocol, "a chain's steps do not follow each other");
+      }
+      base = s.result_sha256;
+      if (s.size > UINT64_MAX - total) {
+        return Error(ErrorCode::kProtocol, "a chain's size overflows");
+      }
+      total += s.size;
+      d.steps.push_back(std::move(s));
+    }
+    if (!missing.empty()) {
+      return Error(ErrorCode::kProtocol, "stream descriptor lacks a valid \"" + missing + "\"");
+    }
+    if (base != d.result_sha256 || d.steps.back().result_size != d.result_size ||
+        d.steps.back().to != d.to || total != d.size) {
+      return Error(ErrorCode::kProtocol, "a chain's steps do not add up to its result and size");
+    }
+  } else {
+    str("sha256", &d.sha256);
+    u64("leaf_size", &d.leaf_size);
+    str("chunk_map_sha256", &d.chunk_map_sha256);
+    str("chunk_map_url", &d.chunk_map_url);
+    str("chunks_url", &d.chunks_url);
+    if (d.kind == "delta") {
+      str("format", &d.format);
+      str("base_sha256", &d.base_sha256);
+      uint64_t id = 0;
+      u64("delta_id", &id);
+      if (id > static_cast<uint64_t>(INT64_MAX)) missing = "delta_id";
+      d.delta_id = static_cast<int64_t>(id);
+    }
   }
   if (auto it = j.find("source"); it != j.end()) {
     if (it->is_string()) {
@@ -284,8 +329,17 @@ Result<StreamDescriptor> ParseDescriptor(std::string_view text) {
   if (!missing.empty()) {
     return Error(ErrorCode::kProtocol, "stream descriptor lacks a valid \"" + missing + "\"");
   }
-  if (d.kind != "delta" && d.kind != "full") {
+  if (d.kind != "delta" && d.kind != "full" && d.kind != "chain") {
     return Error(ErrorCode::kProtocol, "stream descriptor kind \"" + d.kind + "\" is unknown");
+  }
+  if (nested && d.kind != "delta") {
+    return Error(ErrorCode::kProtocol, "a chain's step is not a delta");
+  }
+  if (d.is_chain()) {
+    if (!IsLowerHex64(d.result_sha256) || !IsLowerHex64(d.base_sha256)) {
+      return Error(ErrorCode::kProtocol, "stream descriptor has a malformed hash");
+    }
+    return d;
   }
   if (!IsLowerHex64(d.result_sha256) || !IsLowerHex64(d.sha256) ||
       !IsLowerHex64(d.chunk_map_sha256) || (d.is_delta() && !IsLowerHex64(d.base_sha256))) {
@@ -295,6 +349,18 @@ Result<StreamDescriptor> ParseDescriptor(std::string_view text) {
     return Error(ErrorCode::kProtocol, "stream descriptor has an invalid leaf size");
   }
   return d;
+}
+
+}  // namespace
+
+std::string DescriptorToJson(const StreamDescriptor& d) { return DescriptorJson(d).dump(); }
+
+Result<StreamDescriptor> ParseDescriptor(std::string_view text) {
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return Error(ErrorCode::kProtocol, "stream descriptor is not a JSON object");
+  }
+  return DescriptorFromJson(j, /*nested=*/false);
 }
 
 }  // namespace ds::stream

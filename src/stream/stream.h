@@ -95,7 +95,7 @@ struct StreamDescriptor {
   std::string to;  // Version the stream rebuilds.
   std::string result_sha256;
   uint64_t result_size = 0;
-  std::string kind;  // "delta" or "full".
+  std::string kind;  // "delta", "full" or "chain" (only when the client asked: chain=1).
   // Delta only (empty / 0 for "full").
   std::string format;
   int64_t delta_id = 0;
@@ -110,9 +110,18 @@ struct StreamDescriptor {
   // Optional; set by a proxy (docs/API.md, "Proxy role"): "upstream" (the master's signed delta,
   // relayed), "on-demand" (an unsigned delta the proxy made) or "full". Empty: not serialized.
   std::string source;
+  // "chain" only: deltas applied in turn, the first to |base_sha256|, each to the result of the
+  // one before, the last rebuilding |result_sha256|. Each step is a "delta" descriptor whose
+  // |to| / |result_sha256| / |result_size| name the version it rebuilds; |size| is their sum.
+  // The top-level sha256 / leaf_size / chunk map fields are empty for a chain.
+  std::vector<StreamDescriptor> steps;
 
   bool is_delta() const { return kind == "delta"; }
+  bool is_chain() const { return kind == "chain"; }
 };
+
+// At most this many steps in a chain descriptor.
+inline constexpr size_t kMaxChainSteps = 16;
 
 std::string DescriptorToJson(const StreamDescriptor& d);
 // kProtocol when |json| is not a well-formed descriptor (missing or mistyped fields, an unknown

@@ -207,6 +207,76 @@ TEST(StreamDescriptorTest, JsonRoundTripAndValidation) {
   EXPECT_EQ(stream::ChunkRangeName(3, 9), "3-9");
 }
 
+stream::StreamDescriptor Step(char base, char result, const std::string& to, uint64_t size) {
+  stream::StreamDescriptor d;
+  d.artifact = "app";
+  d.to = to;
+  d.result_sha256 = std::string(64, result);
+  d.result_size = 1000;
+  d.kind = "delta";
+  d.format = "dspf";
+  d.delta_id = 1;
+  d.base_sha256 = std::string(64, base);
+  d.size = size;
+  d.sha256 = std::string(63, 'e') + result;
+  d.leaf_size = 65536;
+  d.chunk_map_sha256 = std::string(63, 'f') + result;
+  d.chunk_map_url = "/v1/chunkmaps/" + d.chunk_map_sha256;
+  d.chunks_url = "/v1/chunks/" + d.sha256 + "/";
+  return d;
+}
+
+TEST(StreamDescriptorTest, ChainsRoundTripAndMustAddUp) {
+  stream::StreamDescriptor c;
+  c.artifact = "app";
+  c.to = "3.0.0";
+  c.result_sha256 = std::string(64, 'c');
+  c.result_size = 1000;
+  c.kind = "chain";
+  c.base_sha256 = std::string(64, 'a');
+  c.source = "chain";
+  c.steps = {Step('a', 'b', "2.0.0", 100), Step('b', 'c', "3.0.0", 50)};
+  c.size = 150;
+  Result<stream::StreamDescriptor> back = stream::ParseDescriptor(stream::DescriptorToJson(c));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_TRUE(back->is_chain());
+  ASSERT_EQ(back->steps.size(), 2u);
+  EXPECT_EQ(back->steps[0].to, "2.0.0");
+  EXPECT_EQ(back->steps[1].chunks_url, c.steps[1].chunks_url);
+  EXPECT_EQ(back->size, 150u);
+
+  auto refused = [](const stream::StreamDescriptor& d) {
+    return CodeOf(stream::ParseDescriptor(stream::DescriptorToJson(d)));
+  };
+  stream::StreamDescriptor bad = c;
+  bad.size = 149;  // Not the sum of its steps.
+  EXPECT_EQ(refused(bad), ErrorCode::kProtocol);
+  bad = c;
+  std::swap(bad.steps[0], bad.steps[1]);  // Steps out of order.
+  EXPECT_EQ(refused(bad), ErrorCode::kProtocol);
+  bad = c;
+  bad.steps[1].result_sha256 = std::string(64, 'd');  // Ends elsewhere than the result.
+  EXPECT_EQ(refused(bad), ErrorCode::kProtocol);
+  bad = c;
+  bad.steps[0].kind = "full";  // A step is not a delta.
+  EXPECT_EQ(refused(bad), ErrorCode::kProtocol);
+  bad = c;
+  bad.steps.clear();
+  EXPECT_EQ(refused(bad), ErrorCode::kProtocol);
+  bad = c;
+  bad.steps.assign(stream::kMaxChainSteps + 1, Step('a', 'a', "3.0.0", 1));
+  EXPECT_EQ(refused(bad), ErrorCode::kProtocol);
+  bad = c;
+  bad.steps[1].size = UINT64_MAX;  // Overflowing sum.
+  EXPECT_EQ(refused(bad), ErrorCode::kProtocol);
+  // A chain nested in a chain.
+  EXPECT_EQ(CodeOf(stream::ParseDescriptor(
+                R"({"artifact":"app","to":"3.0.0","result_sha256":")" + std::string(64, 'c') +
+                R"(","result_size":1000,"kind":"chain","size":1,"base_sha256":")" +
+                std::string(64, 'a') + R"(","steps":[{"kind":"chain"}]})")),
+            ErrorCode::kProtocol);
+}
+
 }  // namespace
 }  // namespace ds
 
