@@ -53,6 +53,9 @@ struct FileBody {
 };
 
 class BodyStream;
+class UdpSocket;  // net/udp.h
+struct UdpOptions;
+struct UdpPeer;
 
 struct Response {
   int status = 200;
@@ -186,6 +189,11 @@ class Server {
   Status Start();  // Binds (kIoError/kInvalidArgument), starts the threads.
   uint16_t port() const;
   void Stop();  // Closes the listener and connections, joins threads. Idempotent.
+
+  // A UDP socket on this server's event loop (net/udp.h), bound to |options|' host and port.
+  // Call after Start(). The socket is closed by Close() or when the server stops.
+  Result<std::shared_ptr<UdpSocket>> OpenUdp(
+      const UdpOptions& options, std::function<void(const UdpPeer&, ByteView)> on_datagram);
 
   // Server metrics in Prometheus text format (requests by method/status class, in flight,
   // connections, bytes in/out, request latency histogram).

@@ -7,15 +7,19 @@
 // and post their results back to the connection's strand. At most one operation of a connection
 // is in progress at a time (read, handler, sink write or response write), so a session's state
 // is only touched by one thread at a time without locks.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <openssl/ssl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ip/udp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -34,6 +38,7 @@
 #include <boost/beast/ssl/ssl_stream.hpp>
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <memory>
@@ -48,6 +53,7 @@
 
 #include "net/http.h"
 #include "net/http_internal.h"
+#include "net/udp.h"
 
 namespace ds::net {
 
@@ -822,9 +828,231 @@ void ServerCore::OnAccept(tcp::socket socket) {
   }
 }
 
+// ---- UDP ----
+
+using udp = asio::ip::udp;
+
+class UdpSocketImpl : public UdpSocket, public std::enable_shared_from_this<UdpSocketImpl> {
+ public:
+  UdpSocketImpl(asio::io_context& ioc, DatagramHandler handler)
+      : strand_(asio::make_strand(ioc)),
+        socket_(strand_),
+        handler_(std::move(handler)),
+        buffer_(new uint8_t[kMaxDatagram]) {}
+
+  Status Open(const UdpOptions& o) {
+    beast::error_code ec;
+    const asio::ip::address address = asio::ip::make_address(o.host, ec);
+    if (ec) return Status(ErrorCode::kInvalidArgument, "UDP host " + o.host + ": " + ec.message());
+    const udp::endpoint endpoint(address, o.port);
+    socket_.open(endpoint.protocol(), ec);
+    if (!ec) socket_.bind(endpoint, ec);
+    if (!ec) socket_.non_blocking(true, ec);
+    if (ec) {
+      return Status(ErrorCode::kIoError,
+                    "UDP bind " + o.host + ":" + std::to_string(o.port) + ": " + ec.message());
+    }
+    beast::error_code ignored;  // Buffer sizes are a wish: the kernel may cap them.
+    socket_.set_option(asio::socket_base::receive_buffer_size(o.receive_buffer_bytes), ignored);
+    socket_.set_option(asio::socket_base::send_buffer_size(o.send_buffer_bytes), ignored);
+    port_ = socket_.local_endpoint(ec).port();
+    asio::dispatch(strand_, [self = shared_from_this()] { self->Receive(); });
+    return Status::Ok();
+  }
+
+  uint16_t port() const override { return port_; }
+
+  Status SendTo(const UdpPeer& to, ByteView datagram) override {
+    udp::endpoint endpoint;
+    if (to.len == 0 || to.len > endpoint.capacity()) {
+      return Status(ErrorCode::kInvalidArgument, "bad UDP peer address");
+    }
+    std::memcpy(endpoint.data(), &to.addr, to.len);
+    endpoint.resize(to.len);
+    beast::error_code ec;
+    std::lock_guard<std::mutex> lock(send_mu_);  // Sync sends from any thread: one at a time.
+    socket_.send_to(asio::buffer(datagram.data(), datagram.size()), endpoint, 0, ec);
+    if (ec == asio::error::would_block || ec == asio::error::no_buffer_space) {
+      send_drops_.fetch_add(1);
+      return Status(ErrorCode::kUnavailable, "UDP send buffer full");
+    }
+    if (ec)
+      return Status(ErrorCode::kIoError, "UDP send to " + to.ToString() + ": " + ec.message());
+    sent_.fetch_add(1);
+    return Status::Ok();
+  }
+
+  void Every(int64_t interval_us, std::function<bool()> fn) override {
+    interval_us = std::max<int64_t>(interval_us, 100);
+    auto timer = std::make_shared<asio::steady_timer>(strand_);
+    asio::dispatch(strand_, [self = shared_from_this(), timer, interval_us, fn = std::move(fn)] {
+      if (self->closed_) return;
+      self->timers_.push_back(timer);
+      self->Arm(timer, interval_us, fn);
+    });
+  }
+
+  void Close() override {
+    asio::dispatch(strand_, [self = shared_from_this()] { self->CloseOnStrand(); });
+  }
+
+  uint64_t received() const override { return received_.load(); }
+  uint64_t sent() const override { return sent_.load(); }
+  uint64_t send_drops() const override { return send_drops_.load(); }
+
+  // Only when no I/O thread runs (Server::Stop).
+  void ForceClose() { CloseOnStrand(); }
+
+ private:
+  static constexpr size_t kMaxDatagram = 65536;
+
+  void Receive() {
+    if (closed_) return;
+    socket_.async_receive_from(asio::buffer(buffer_.get(), kMaxDatagram), from_,
+                               [self = shared_from_this()](const beast::error_code& ec, size_t n) {
+                                 if (self->closed_ || ec == asio::error::operation_aborted) return;
+                                 if (!ec) {
+                                   self->received_.fetch_add(1);
+                                   UdpPeer peer;
+                                   peer.len = static_cast<socklen_t>(self->from_.size());
+                                   std::memcpy(&peer.addr, self->from_.data(), peer.len);
+                                   try {
+                                     self->handler_(peer, ByteView(self->buffer_.get(), n));
+                                   } catch (...) {
+                                     // A handler must not throw; one that does loses this datagram
+                                     // only.
+                                   }
+                                 }
+                                 // ICMP errors (e.g. port unreachable after a send) surface here:
+                                 // keep receiving.
+                                 self->Receive();
+                               });
+  }
+
+  void Arm(const std::shared_ptr<asio::steady_timer>& timer, int64_t interval_us,
+           std::function<bool()> fn) {
+    timer->expires_after(std::chrono::microseconds(interval_us));
+    timer->async_wait([self = shared_from_this(), timer, interval_us,
+                       fn = std::move(fn)](const beast::error_code& ec) mutable {
+      if (ec || self->closed_) return;
+      bool again = false;
+      try {
+        again = fn();
+      } catch (...) {
+        again = false;
+      }
+      if (again) self->Arm(timer, interval_us, std::move(fn));
+    });
+  }
+
+  void CloseOnStrand() {
+    if (closed_) return;
+    closed_ = true;
+    beast::error_code ec;
+    socket_.close(ec);
+    for (auto& t : timers_) t->cancel();
+    timers_.clear();
+  }
+
+  asio::strand<asio::io_context::executor_type> strand_;
+  udp::socket socket_;
+  DatagramHandler handler_;
+  std::unique_ptr<uint8_t[]> buffer_;
+  udp::endpoint from_;
+  uint16_t port_ = 0;
+  bool closed_ = false;  // On the strand.
+  std::vector<std::shared_ptr<asio::steady_timer>> timers_;
+  std::mutex send_mu_;
+  std::atomic<uint64_t> received_{0}, sent_{0}, send_drops_{0};
+};
+
 }  // namespace
 
-class Server::Impl : public ServerCore {};
+std::string UdpPeer::ToString() const {
+  char host[INET6_ADDRSTRLEN] = "?";
+  uint16_t port = 0;
+  if (addr.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&addr);
+    ::inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    port = ntohs(a->sin_port);
+    return std::string(host) + ":" + std::to_string(port);
+  }
+  if (addr.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&addr);
+    ::inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+    port = ntohs(a->sin6_port);
+    return "[" + std::string(host) + "]:" + std::to_string(port);
+  }
+  return "?";
+}
+
+bool UdpPeer::operator==(const UdpPeer& o) const {
+  return len == o.len && std::memcmp(&addr, &o.addr, len) == 0;
+}
+
+Result<UdpPeer> ParseUdpPeer(const std::string& text) {
+  std::string host, port;
+  if (!text.empty() && text.front() == '[') {
+    const size_t close = text.find("]:");
+    if (close == std::string::npos) return Status(ErrorCode::kInvalidArgument, "bad address");
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    const size_t colon = text.rfind(':');
+    if (colon == std::string::npos) return Status(ErrorCode::kInvalidArgument, "bad address");
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  if (port.empty() || port.size() > 5 ||
+      !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+      std::stoul(port) > 65535) {
+    return Status(ErrorCode::kInvalidArgument, "bad port in " + text);
+  }
+  UdpPeer p;
+  const uint16_t n = static_cast<uint16_t>(std::stoul(port));
+  auto* a4 = reinterpret_cast<sockaddr_in*>(&p.addr);
+  auto* a6 = reinterpret_cast<sockaddr_in6*>(&p.addr);
+  if (::inet_pton(AF_INET, host.c_str(), &a4->sin_addr) == 1) {
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons(n);
+    p.len = sizeof(sockaddr_in);
+  } else if (::inet_pton(AF_INET6, host.c_str(), &a6->sin6_addr) == 1) {
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons(n);
+    p.len = sizeof(sockaddr_in6);
+  } else {
+    return Status(ErrorCode::kInvalidArgument, "bad host in " + text);
+  }
+  return p;
+}
+
+class Server::Impl : public ServerCore {
+ public:
+  std::mutex udp_mu;
+  std::vector<std::weak_ptr<UdpSocketImpl>> udp_sockets;
+};
+
+Result<std::shared_ptr<UdpSocket>> Server::OpenUdp(
+    const UdpOptions& options, std::function<void(const UdpPeer&, ByteView)> on_datagram) {
+  Impl& s = *impl_;
+  {
+    std::lock_guard<std::mutex> lock(s.lifecycle_mu);
+    if (!s.started || s.stopped) {
+      return Status(ErrorCode::kInvalidArgument, "OpenUdp needs a running server");
+    }
+  }
+  std::shared_ptr<UdpSocketImpl> sock;
+  try {
+    sock = std::make_shared<UdpSocketImpl>(s.ioc, std::move(on_datagram));
+    DS_RETURN_IF_ERROR(sock->Open(options));
+  } catch (...) {
+    return Status(ErrorCode::kInternal,
+                  "opening a UDP socket: " + ExceptionMessage(std::current_exception()));
+  }
+  std::lock_guard<std::mutex> lock(s.udp_mu);
+  s.udp_sockets.push_back(sock);
+  return std::shared_ptr<UdpSocket>(sock);
+}
 
 void Responder::Send(Response response) const {
   if (impl_ == nullptr || impl_->sent.exchange(true)) return;
@@ -955,6 +1183,11 @@ void Server::Stop() {
     }
   }
   for (auto& session : open) session->ForceClose();
+  std::lock_guard<std::mutex> udp_lock(s.udp_mu);
+  for (auto& weak : s.udp_sockets) {
+    if (auto sock = weak.lock()) sock->ForceClose();
+  }
+  s.udp_sockets.clear();
 }
 
 std::string Server::MetricsText() const { return impl_->metrics.Text(); }
