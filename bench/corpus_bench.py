@@ -36,8 +36,15 @@ script records how many CPUs' worth of other work ran meanwhile, flags noisy mea
 the report header, and with --wait-idle S waits up to S seconds for a quiet machine before
 each command.
 
+Transforms (DSPF 1.1): for each patch of ours the table shows which segment transforms it
+used and the bytes the generator says they saved ("ours transform", read from the patch header
+and segment headers). --ours-generic CMD adds a second run of ours with another command (for
+example a wrapper that turns transforms off, or an older build), shown as "ours-generic" with
+its own columns and summary lines (ours / ours-generic size and generation time); it is not a
+peer.
+
 Usage:
-    bench/corpus_bench.py [--corpus DIR] [--deltastream PATH] [--only id,id]
+    bench/corpus_bench.py [--corpus DIR] [--deltastream PATH] [--only id,id] [--ours-generic CMD]
                           [--skip-peers name,..|all] [--skip-ours] [--no-cache]
                           [--wait-idle SECONDS] [--out results.md] [--json results.json]
                           [--timeout SECONDS] [--workdir DIR] [--vcdiff plain|lzma]
@@ -132,12 +139,19 @@ class Tool:
         self.peer = peer
 
 
-def make_tools(deltastream):
+def make_tools(deltastream, ours_generic=None):
     ours = Tool(
         "ours", "deltastream",
         lambda o, n, p, _: [deltastream, "diff", o, n, "-o", p],
         lambda o, p, out, _: [deltastream, "apply", o, p, "-o", out],
         peer=False)
+    extra = []
+    if ours_generic:
+        extra.append(Tool(
+            "ours-generic", ours_generic,
+            lambda o, n, p, _: [ours_generic, "diff", o, n, "-o", p],
+            lambda o, p, out, _: [ours_generic, "apply", o, p, "-o", out],
+            peer=False))
 
     # -D: do not decompress compressed inputs (.tgz/.deb) behind our back. It is needed on
     # decode too: there xdelta3 would otherwise gunzip a .tgz *source* before using it,
@@ -166,8 +180,78 @@ def make_tools(deltastream):
             lambda o, p, out, _: ["zstd", "-q", "-f", "-d", "--long=31",
                                   "--patch-from=" + o, p, "-o", out])
 
-    return [ours, xdelta, bsdiff, zstd_tool("zstd-19", ["-19"]),
-            zstd_tool("zstd-22", ["--ultra", "-22"])]
+    return [ours] + extra + [xdelta, bsdiff, zstd_tool("zstd-19", ["-19"]),
+                             zstd_tool("zstd-22", ["--ultra", "-22"])]
+
+
+TRANSFORM_NAMES = {1: "x86-branch", 2: "arm64-branch"}
+
+
+def _varint(buf, pos):
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
+
+
+def dspf_transforms(path):
+    """Which segment transforms a DSPF patch uses: "name k/n seg, saved B" or "-" (none), or
+    None when the file is not a DSPF patch (docs/FORMAT.md; only headers are read)."""
+    with open(path, "rb") as f:
+        buf = f.read()
+    if buf[:4] != b"DSPF":
+        return None
+    try:
+        header_len, pos = _varint(buf, 6)
+        end = pos + header_len
+        pos += 1  # algorithm
+        flags, pos = _varint(buf, pos)
+        _, pos = _varint(buf, pos)  # old_size
+        pos += 32
+        _, pos = _varint(buf, pos)  # new_size
+        pos += 32
+        count, pos = _varint(buf, pos)
+        for _ in range(3):
+            _, pos = _varint(buf, pos)
+        saved = 0
+        if flags & 1:
+            tables_len, pos = _varint(buf, pos)
+            t = end
+            for _ in range(2):  # old and new regions
+                n, t = _varint(buf, t)
+                for _ in range(4 * n):
+                    _, t = _varint(buf, t)
+            runs, t = _varint(buf, t)
+            for _ in range(3 * runs):
+                _, t = _varint(buf, t)
+            saved, t = _varint(buf, t)
+            end += tables_len
+        used = {}
+        pos = end
+        for _ in range(count):
+            seg_len, p = _varint(buf, pos)
+            fields_end = p + seg_len
+            _, p = _varint(buf, p)  # new_offset
+            _, p = _varint(buf, p)  # new_length
+            transform = buf[p + 1]
+            p += 2
+            payload_len, p = _varint(buf, p)
+            if transform:
+                used[transform] = used.get(transform, 0) + 1
+            pos = fields_end + 4 + payload_len
+    except (ValueError, IndexError):
+        return "?"
+    if not used:
+        return "-"
+    return "; ".join("%s %d/%d seg, saved %s B" % (TRANSFORM_NAMES.get(t, str(t)), k, count,
+                                                  "{:,}".format(saved))
+                     for t, k in sorted(used.items()))
 
 
 def make_vcdiff_tools(deltastream, variant):
@@ -352,6 +436,8 @@ def bench_tool(tool, old, new, workdir, timeout, wait_idle=0):
         if not os.path.isfile(patch):
             raise CommandError("no patch file written")
         res["patch_bytes"] = os.path.getsize(patch)
+        if not tool.peer:
+            res["transforms"] = dspf_transforms(patch)
         step = "apply patch"
         wait_until_idle(wait_idle)
         app_s, app_kib, app_cpu, app_o = run_timed(tool.decode(old, patch, out, old_size), workdir, timeout)
@@ -449,11 +535,12 @@ def render(pairs, all_results, tools, header_lines):
     for t in tools:
         head += ["%s patch B" % t.name, "%s gen s" % t.name, "%s gen MiB" % t.name,
                  "%s apply s" % t.name, "%s apply MiB" % t.name]
-    head += ["ours/best peer", "best peer", "ours apply MB/s"]
+    head += ["ours/best peer", "best peer", "ours apply MB/s", "ours transform"]
     lines.append("| " + " | ".join(head) + " |")
     # The alignment row: text columns (pair, kind, best peer) left, numbers right.
     align = [":---", ":---"] + ["---:"] * (len(head) - 2)
-    align[-2] = ":---"
+    align[-3] = ":---"
+    align[-1] = ":---"
     lines.append("|" + "|".join(align) + "|")
 
     ratios, exe_ratios, max_ratio = [], [], None
@@ -480,7 +567,8 @@ def render(pairs, all_results, tools, header_lines):
                 exe_ratios.append(ratio)
             if max_ratio is None or ratio > max_ratio[0]:
                 max_ratio = (ratio, pair["id"])
-        row += ["%.3f" % ratio if ratio is not None else "-", best or "-", mbps]
+        row += ["%.3f" % ratio if ratio is not None else "-", best or "-", mbps,
+                (ours or {}).get("transforms") or "-"]
         lines.append("| " + " | ".join(row) + " |")
 
     def gm(values):
@@ -492,6 +580,21 @@ def render(pairs, all_results, tools, header_lines):
     lines.append("- ours / smallest peer patch, geometric mean over exe pairs: " + gm(exe_ratios))
     lines.append("- ours / smallest peer patch, max: " +
                  ("%.3f (%s)" % max_ratio if max_ratio else "n/a"))
+    if any(t.name == "ours-generic" for t in tools):
+        size_r, time_r, worst = [], [], None
+        for pair in pairs:
+            res = all_results[pair["id"]]
+            a, b = res.get("ours"), res.get("ours-generic")
+            if a and b and a["status"] == "ok" and b["status"] == "ok":
+                r = a["patch_bytes"] / b["patch_bytes"]
+                size_r.append(r)
+                time_r.append(a["gen_s"] / max(b["gen_s"], 1e-6))
+                if worst is None or r > worst[0]:
+                    worst = (r, pair["id"])
+        lines.append("- ours / ours-generic patch, geometric mean: %s; max: %s" % (
+            gm(size_r), "%.3f (%s)" % worst if worst else "n/a"))
+        lines.append("- ours / ours-generic generation time, geometric mean: %s; max: %s" % (
+            gm(time_r), "%.2f" % max(time_r) if time_r else "n/a"))
     for t in tools:
         g = geomean(per_tool_pct[t.name])
         lines.append("- %s patch / new size, geometric mean: %s" % (
@@ -526,6 +629,8 @@ def main():
                     help="corpus dir written by fetch_corpus.sh (default: bench/corpus)")
     ap.add_argument("--deltastream", default=os.path.join(REPO_ROOT, "build", "src", "cli", "deltastream"),
                     help="our CLI (default: build/src/cli/deltastream in the repo)")
+    ap.add_argument("--ours-generic", default=None, metavar="CMD",
+                    help="also run ours with CMD (same diff/apply interface), e.g. without transforms")
     ap.add_argument("--only", help="comma-separated pair ids to run (default: all present)")
     ap.add_argument("--skip-peers", default="",
                     help="comma-separated peers not to run (xdelta3,bsdiff,zstd-19,zstd-22) or 'all'; "
@@ -549,7 +654,7 @@ def main():
         sys.exit("corpus_bench: %s (GNU time) is required" % GNU_TIME)
     corpus = os.path.abspath(args.corpus)
     deltastream = os.path.abspath(args.deltastream)
-    tools = make_vcdiff_tools(deltastream, args.vcdiff) if args.vcdiff else make_tools(deltastream)
+    tools = make_vcdiff_tools(deltastream, args.vcdiff) if args.vcdiff else make_tools(deltastream, args.ours_generic)
     peer_names = [t.name for t in tools if t.peer]
 
     skip = {s.strip() for s in args.skip_peers.split(",") if s.strip()}

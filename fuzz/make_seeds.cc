@@ -18,6 +18,7 @@
 #include "delta/patch_format.h"
 #include "delta/vcdiff.h"
 #include "delta/vcdiff_format.h"
+#include "fec_fuzz_util.h"
 #include "fuzz_util.h"
 
 namespace {
@@ -288,6 +289,108 @@ void WriteVcdiffSeeds(const std::filesystem::path& dir) {
   }
 }
 
+// UDP carrier seeds (fec_packet_fuzzer, fec_receiver_fuzzer): one body of each packet type, a
+// sealed datagram, and a whole session recorded from a real UdpSender (with losses, so the
+// receiver decodes from repair symbols), a replay and a forgery.
+void WriteFecSeeds(const std::filesystem::path& out) {
+  namespace fec = ds::fec;
+  const auto packet_dir = out / "fec_packet_fuzzer";
+  static const Bytes symbol(300, 0x3C);
+  fec::Data data;
+  data.block = 2;
+  data.chunks = 1;
+  data.k = 4;
+  data.esi = 5;
+  data.planned = 6;
+  data.rtt_hint_us = 40000;
+  data.symbol = symbol;
+  fec::Feedback fb;
+  fb.largest_pn = 500;
+  fb.received_packets = 480;
+  fb.received_bytes = 480 * 1200;
+  fb.loss_ppm = 40000;
+  fb.window_end = 64;
+  fb.blocks = {{10, 50}, {12, 3}};
+  fb.samples = {{490, 1000000}, {499, 1002000}};
+  fec::BlockAck ack;
+  ack.done_below = 10;
+  ack.done = {12, 14};
+  ack.need_more = {{16, 3}};
+  fec::Challenge ch;
+  ch.cookie.fill(0x11);
+  ch.hello_pn = 1;
+  fec::Echo echo;
+  echo.cookie.fill(0x11);
+  echo.window_end = 256;
+  const std::pair<const char*, Bytes> bodies[] = {
+      {"hello", fec::SerializeHello(fec::Hello{"token", 16})},
+      {"challenge", fec::SerializeChallenge(ch)},
+      {"echo", fec::SerializeEcho(echo)},
+      {"data", fec::SerializeData(data)},
+      {"feedback", fec::SerializeFeedback(fb)},
+      {"block-ack", fec::SerializeBlockAck(ack)},
+      {"close", fec::SerializeClose(fec::Close{0})}};
+  fec::SessionKey key;
+  for (size_t i = 0; i < key.size(); ++i) key[i] = static_cast<uint8_t>(i);
+  for (size_t t = 0; t < std::size(bodies); ++t) {
+    Bytes in = {static_cast<uint8_t>(t + 1)};
+    in.insert(in.end(), bodies[t].second.begin(), bodies[t].second.end());
+    Write(packet_dir, std::string("seed-") + bodies[t].first, in);
+    const Bytes dg = fec::SealDatagram(
+        fec::Header{static_cast<fec::PacketType>(t + 1), 77, 1000 + t}, bodies[t].second, key);
+    Bytes sealed = {0};
+    sealed.insert(sealed.end(), dg.begin(), dg.end());
+    Write(packet_dir, std::string("seed-sealed-") + bodies[t].first, sealed);
+  }
+
+  // A session: CHALLENGE, then what a real sender sends for the fuzz object, every 4th DATA
+  // lost, the sender fed with the receiver's real answers.
+  const auto recv_dir = out / "fec_receiver_fuzzer";
+  const Bytes object = ds::fuzz::FecFuzzObject();
+  const auto chunks = ds::fuzz::FecFuzzChunks(object);
+  const fec::SessionParams params = ds::fuzz::FecFuzzParams();
+  auto sender = fec::UdpSender::Create(params, chunks, [&](uint64_t off, std::span<uint8_t> o) {
+                  std::copy_n(object.begin() + off, o.size(), o.begin());
+                  return ds::Status::Ok();
+                }).value();
+  Bytes got;
+  fec::ReceiverConfig rconfig;
+  rconfig.window_chunks = 2;  // As in the fuzzer.
+  auto receiver = fec::UdpReceiver::Create(
+                      params, chunks,
+                      [&](uint64_t, uint64_t, ByteView b) {
+                        got.insert(got.end(), b.begin(), b.end());
+                        return ds::Status::Ok();
+                      },
+                      rconfig)
+                      .value();
+  Bytes session, with_replay;
+  uint64_t last_pn = 0;
+  int data_count = 0;
+  for (fec::Micros now = 0; now < 2'000'000 && !receiver->done(); now += 1000) {
+    while (auto d = receiver->Poll(now)) (void)sender->OnDatagram(now, *d, "agent");
+    while (auto d = sender->Poll(now)) {
+      ds::Result<fec::Opened> o = fec::OpenDatagram(d->bytes, params.session_id, params.key);
+      if (!o.ok()) continue;
+      if (o->header.type == fec::PacketType::kData && ++data_count % 4 == 0) continue;
+      const uint64_t step = o->header.packet_number - last_pn;
+      last_pn = o->header.packet_number;
+      ds::fuzz::AppendFecRecord(&session, 1, static_cast<uint8_t>(std::min<uint64_t>(step, 255)),
+                                static_cast<uint8_t>(o->header.type), o->body);
+      (void)receiver->OnDatagram(now, d->bytes);
+    }
+  }
+  std::printf("fec session seed: %zu bytes, receiver %s\n", session.size(),
+              receiver->done() ? "done" : "NOT done");
+  Write(recv_dir, "seed-session", session);
+  with_replay = session;
+  // A replay of the last record (packet number step 0) and a forgery (wrong key).
+  ds::fuzz::AppendFecRecord(&with_replay, 1, 0, 4, fec::SerializeData(data));
+  ds::fuzz::AppendFecRecord(&with_replay, 1, 1, 200, fec::SerializeData(data));
+  ds::fuzz::AppendFecRecord(&with_replay, 1, 1, 7, fec::SerializeClose(fec::Close{59}));
+  Write(recv_dir, "seed-session-replay-forgery-close", with_replay);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -377,5 +480,6 @@ int main(int argc, char** argv) {
   }
 
   WriteVcdiffSeeds(out / "vcdiff_apply_fuzzer");
+  WriteFecSeeds(out);
   return 0;
 }

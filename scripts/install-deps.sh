@@ -21,6 +21,8 @@ packages=(
   nginx-light
   # network lab for the agent tests: namespaces and tc shaping (iproute2), packet loss (nftables)
   iproute2 nftables
+  # the deployment dashboard's test drives a real headless browser (playwright-core from npm, below)
+  chromium
 )
 bench_packages=(bsdiff zstd time curl ca-certificates bc python3 wrk gnuplot-nox)
 
@@ -41,8 +43,23 @@ if [[ "${1:-}" == "--bench" ]] && ! command -v npm >/dev/null; then
   missing+=(npm)
 fi
 
+# The dashboard test's npm packages (web/package-lock.json, pinned) go to web/node_modules, once.
+# Node and npm: Debian's npm (which brings nodejs) unless an npm is already there.
+if ! command -v npm >/dev/null && [[ ! " ${missing[*]} " == *" npm "* ]]; then
+  missing+=(npm)
+fi
+web_deps() {
+  local web
+  web="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/web"
+  if [[ ! -d "$web/node_modules/playwright-core" ]]; then
+    echo "install-deps: npm ci in $web"
+    (cd "$web" && npm ci --no-audit --no-fund)
+  fi
+}
+
 if ((${#missing[@]} == 0)); then
   echo "install-deps: all ${#packages[@]} packages present"
+  web_deps
   exit 0
 fi
 
@@ -52,3 +69,4 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+web_deps

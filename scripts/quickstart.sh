@@ -6,7 +6,10 @@
 # master to make the delta, verifies the signed release metadata with the pinned public key,
 # starts a proxy in front of the master, and has the device agent (deltastream-agent) update a
 # copy of the old version through the proxy: verified chunked delta stream, apply, result checked
-# against the signed SHA-256, atomic install. Checks the installed file byte for byte and prints
+# against the signed SHA-256, atomic install — driven by the deployment service: the agent
+# enrols (`deltastream-agent run`), a deployment to the new version is created
+# (`deltastream deploy create`), the agent takes the instruction, updates and reports; the
+# dashboard's URL is printed to watch it. Checks the installed file byte for byte and prints
 # sizes, ratios and times.
 #
 #   scripts/quickstart.sh [PAIR_ID]   (any id from bench/corpus.tsv; default esbuild-patch)
@@ -77,9 +80,23 @@ cp "$old" "$work/device/$pair"
 agent=(build/src/agent/deltastream-agent --proxy "$proxy" --public-key-file "$work/data/keys/signing.pub"
        --state-dir "$work/agent-state" --artifact "$pair=$work/device/$pair")
 "${agent[@]}" check
+# The deployment service runs in the master's process: the device enrols and reports its
+# inventory, then a deployment of the new version to it is created.
+run=(run --once --deploy-url "$server" --enroll-token "$(cat "$work/data/enroll.token")"
+     --device-id quickstart-device --label site=local)
+"${agent[@]}" --json "${run[@]}" >/dev/null
+deployment=$("$ds" deploy create "${client[@]}" --artifact "$pair" --version "$new_version" \
+  --device quickstart-device --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+echo "deployment $deployment: dashboard $server/dashboard?token=$(cat "$work/data/admin.token")"
 t3=$(now)
-"${agent[@]}" --json update >"$work/agent.jsonl"
+# The first wave starts once its deltas are ready (pre-warming); the agent then takes it.
+for _ in $(seq 30); do
+  "${agent[@]}" --json "${run[@]}" >>"$work/agent.jsonl"
+  cmp -s "$work/device/$pair" "$new" && break
+  sleep 1
+done
 t4=$(now)
+"$ds" deploy show "${client[@]}" "$deployment" --json >"$work/deployment.json"
 [[ "$(sha256sum "$work/device/$pair" | cut -d' ' -f1)" == "$new_sha" ]]
 cmp "$work/device/$pair" "$new"
 "${agent[@]}" status >/dev/null
@@ -87,9 +104,14 @@ zstd -q -19 --long=27 -c "$new" >"$work/full.zst"
 
 old_size=$(stat -c %s "$old")
 new_size=$(stat -c %s "$new")
-patch_size=$(python3 -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if "\"result\"" in l][-1]["bytes_fetched"])' "$work/agent.jsonl")
-route=$(python3 -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if "\"result\"" in l][-1]["route"])' "$work/agent.jsonl")
-[[ "$route" == delta ]] || { echo "quickstart: the agent took route $route" >&2; exit 1; }
+# What the device reported to the deployment service (its final event).
+read -r state route patch_size < <(python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+dev = [x for x in d["devices"] if x["device_id"] == "quickstart-device"][0]
+print(d["state"], dev["result"], dev["bytes"])' "$work/deployment.json")
+[[ "$state" == finished && "$route" == delta ]] ||
+  { echo "quickstart: deployment $state, device result $route" >&2; exit 1; }
 full_size=$(stat -c %s "$work/full.zst")
 echo
 echo "pair              $pair ($(cat "bench/corpus/$pair/SOURCE"))"
@@ -103,9 +125,11 @@ printf 'delta fetched     %12d B  (%.2f%% of new, %.1fx smaller than the full do
 printf 'publish old       %12.2f s\n' "$(echo "$t1 - $t0" | bc -l)"
 printf 'publish new+delta %12.2f s  (upload, then the master makes and verifies the delta)\n' \
   "$(echo "$t2 - $t1" | bc -l)"
-printf 'agent update      %12.2f s  (via the proxy: signed metadata, verified chunks, apply,\n' \
+printf 'agent update      %12.2f s  (deployment instruction, then via the proxy: signed metadata,\n' \
   "$(echo "$t4 - $t3" | bc -l)"
-echo '                                 result = signed SHA-256, atomic install)'
+echo '                                 verified chunks, apply, result = signed SHA-256, atomic'
+echo '                                 install, events reported to the deployment service)'
+echo "deployment        $deployment: $state ($server/dashboard while the server runs)"
 echo
 curl -fsS -o "$work/patch" "$proxy/v1/deltas/$delta_id/data"
 "$ds" inspect "$work/patch"

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -41,6 +42,21 @@ struct ManagedArtifact {
   FallbackPolicy fallback = FallbackPolicy::kFull;
 };
 
+// `deltastream-agent run`: where the deployment service is and who this device is
+// (docs/PROTOCOL.md, "Agent run mode"). Unused by check/update/status/rollback.
+struct DeployConfig {
+  std::string url;               // Base URL of the deployment service; empty: not configured.
+  std::string enrollment_token;  // Exchanged once for a device token (kept in deploy.json).
+  std::string device_id;         // Empty: the host name.
+  std::map<std::string, std::string> labels;
+  int poll_wait_seconds = 25;  // Long-poll duration asked of the server (0..60).
+  int64_t heartbeat_interval_ms = 60000;
+  double progress_interval_seconds = 1;  // At most one progress event this often per update.
+  // Waits after a failed call to the service: exponential with jitter, in [initial, max].
+  int64_t backoff_initial_ms = 1000;
+  int64_t backoff_max_ms = 60000;
+};
+
 struct AgentConfig {
   std::vector<std::string> proxies;  // Base URLs, tried in order.
   std::string public_key_hex;        // Pinned Ed25519 key of the master.
@@ -55,7 +71,11 @@ struct AgentConfig {
   int retry_budget = 8;
   int64_t backoff_initial_ms = 250;
   int64_t backoff_max_ms = 8000;
+  // "http" (default) or "udp": fetch objects over the proxy's UDP carrier with FEC
+  // (docs/PROTOCOL.md, "UDP carrier"), falling back to HTTP for whatever it did not deliver.
+  std::string carrier = "http";
   ControllerConfig controller;
+  DeployConfig deploy;
 
   const ManagedArtifact* Find(std::string_view name) const;
 };
@@ -63,6 +83,8 @@ struct AgentConfig {
 // Reads a JSON configuration file (docs/PROTOCOL.md, "Agent configuration"). kInvalidArgument
 // naming the field when something is missing or mistyped.
 Result<AgentConfig> LoadConfig(const std::string& path);
+// Checks a DeployConfig (URL scheme, ranges); kInvalidArgument naming the field.
+Status ValidateDeployConfig(const DeployConfig& deploy);
 
 // One progress or state event; the CLI renders them as a progress bar or JSON lines.
 struct Event {
@@ -75,7 +97,9 @@ struct Event {
   uint64_t chunk_size = 0;
   int in_flight = 0;
   double rtt = 0;
-  double elapsed = 0;  // Seconds since the update started.
+  double elapsed = 0;          // Seconds since the update started.
+  std::string carrier;         // "http" or "udp" (progress events).
+  double repair_overhead = 0;  // UDP: repair bytes / source bytes received so far.
 };
 using EventSink = std::function<void(const Event&)>;
 
@@ -85,7 +109,7 @@ struct CheckResult {
   std::string installed_sha256;   // Empty when nothing is installed.
   std::string latest;
   bool update_available = false;
-  std::string route;         // "delta" or "full" (what the proxy offers now).
+  std::string route;         // "delta", "chain" or "full" (what the proxy offers now).
   std::string source;        // The proxy's word for where the delta comes from, when it says.
   uint64_t delta_bytes = 0;  // 0 when no delta is offered.
   uint64_t full_bytes = 0;
@@ -94,7 +118,8 @@ struct CheckResult {
 struct UpdateResult {
   std::string artifact;
   std::string from_version, to_version;
-  std::string route;            // "none" (already current), "delta", "full", or "deferred".
+  std::string
+      route;  // "none" (already current), "delta", "chain" (deltas in turn), "full", or "deferred".
   uint64_t bytes_fetched = 0;   // Over the network in this run (retries included).
   uint64_t object_size = 0;     // The delta or full artifact's size.
   bool resumed = false;         // Continued an earlier interrupted download.

@@ -37,6 +37,25 @@ Result<FallbackPolicy> ParseFallbackPolicy(std::string_view s) {
   return Bad("fallback must be full, fail or defer, not \"" + std::string(s) + "\"");
 }
 
+Status ValidateDeployConfig(const DeployConfig& d) {
+  if (d.url.rfind("http://", 0) != 0 && d.url.rfind("https://", 0) != 0) {
+    return Bad("deploy url \"" + d.url + "\" is not an http(s) URL");
+  }
+  if (d.poll_wait_seconds < 0 || d.poll_wait_seconds > 60) {
+    return Bad("deploy poll_wait_seconds must be within 0..60");
+  }
+  if (d.heartbeat_interval_ms <= 0 || d.progress_interval_seconds < 0) {
+    return Bad("deploy heartbeat_interval_ms must be > 0 and progress_interval_seconds >= 0");
+  }
+  if (d.backoff_initial_ms <= 0 || d.backoff_max_ms < d.backoff_initial_ms) {
+    return Bad("deploy backoff: 0 < backoff_initial_ms <= backoff_max_ms");
+  }
+  for (const auto& [k, v] : d.labels) {
+    if (k.empty()) return Bad("deploy labels: an empty label name");
+  }
+  return Status::Ok();
+}
+
 const ManagedArtifact* AgentConfig::Find(std::string_view name) const {
   for (const ManagedArtifact& a : artifacts) {
     if (a.name == name) return &a;
@@ -79,6 +98,7 @@ Result<AgentConfig> LoadConfig(const std::string& path) {
   get(doc, "retry_budget", &c.retry_budget, false);
   get(doc, "backoff_initial_ms", &c.backoff_initial_ms, false);
   get(doc, "backoff_max_ms", &c.backoff_max_ms, false);
+  get(doc, "carrier", &c.carrier, false);
   uint64_t max_chunk_kib = c.controller.max_chunk >> 10;
   int max_in_flight = c.controller.max_in_flight;
   get(doc, "max_chunk_kib", &max_chunk_kib, false);
@@ -86,6 +106,7 @@ Result<AgentConfig> LoadConfig(const std::string& path) {
   DS_RETURN_IF_ERROR(problem);
   c.controller.max_chunk = max_chunk_kib << 10;
   c.controller.max_in_flight = max_in_flight;
+  if (c.carrier != "http" && c.carrier != "udp") return Bad("\"carrier\" is \"http\" or \"udp\"");
   if (c.proxies.empty()) return Bad("\"proxies\" lists no URL");
   for (const std::string& p : c.proxies) {
     if (p.rfind("http://", 0) != 0 && p.rfind("https://", 0) != 0) {
@@ -114,6 +135,22 @@ Result<AgentConfig> LoadConfig(const std::string& path) {
     }
     DS_ASSIGN_OR_RETURN(a.fallback, ParseFallbackPolicy(fallback));
     c.artifacts.push_back(std::move(a));
+  }
+  auto deploy = doc.find("deploy");
+  if (deploy != doc.end()) {
+    if (!deploy->is_object()) return Bad("\"deploy\" is not an object");
+    DeployConfig& d = c.deploy;
+    get(*deploy, "url", &d.url, true);
+    get(*deploy, "enrollment_token", &d.enrollment_token, false);
+    get(*deploy, "device_id", &d.device_id, false);
+    get(*deploy, "labels", &d.labels, false);
+    get(*deploy, "poll_wait_seconds", &d.poll_wait_seconds, false);
+    get(*deploy, "heartbeat_interval_ms", &d.heartbeat_interval_ms, false);
+    get(*deploy, "progress_interval_seconds", &d.progress_interval_seconds, false);
+    get(*deploy, "backoff_initial_ms", &d.backoff_initial_ms, false);
+    get(*deploy, "backoff_max_ms", &d.backoff_max_ms, false);
+    DS_RETURN_IF_ERROR(problem.WithContext("\"deploy\""));
+    DS_RETURN_IF_ERROR(ValidateDeployConfig(d));
   }
   DS_RETURN_IF_ERROR(ValidateControllerConfig(c.controller).WithContext("agent configuration"));
   return c;

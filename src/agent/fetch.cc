@@ -1,10 +1,14 @@
 #include "agent/fetch.h"
 
 #include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -19,6 +23,7 @@
 #include "agent/controller.h"
 #include "common/fs.h"
 #include "common/hash.h"
+#include "fec/fec.h"
 #include "net/http.h"
 
 namespace ds::agent {
@@ -168,6 +173,8 @@ struct Completion {
   uint64_t bytes = 0;  // Body bytes received.
   int http_status = 0;
   double first_byte = 0, end = 0;
+  bool udp = false;        // The end of the UDP carrier's session (task: the leaves it covered).
+  uint64_t delivered = 0;  // UDP: object bytes it delivered.
 };
 
 // Feeds the consumer the verified prefix on its own thread.
@@ -267,6 +274,184 @@ class ConsumerThread {
 
 bool IsLocal(const Status& s) {
   return s.code() == ErrorCode::kIoError || s.code() == ErrorCode::kNoSpace;
+}
+
+// ---- The UDP carrier (docs/PROTOCOL.md, "UDP carrier"), receiving side ----
+
+fec::Micros NowMicros() {
+  return static_cast<fec::Micros>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                      std::chrono::steady_clock::now().time_since_epoch())
+                                      .count());
+}
+
+// "http://host:port/..." -> host ("[::1]" unbracketed).
+std::string HostOfUrl(const std::string& url) {
+  size_t start = url.find("://");
+  start = start == std::string::npos ? 0 : start + 3;
+  const size_t end = url.find('/', start);
+  std::string authority = url.substr(start, end == std::string::npos ? end : end - start);
+  if (const size_t at = authority.rfind('@'); at != std::string::npos) {
+    authority = authority.substr(at + 1);
+  }
+  if (!authority.empty() && authority.front() == '[') {
+    const size_t close = authority.find(']');
+    return authority.substr(1, close == std::string::npos ? close : close - 1);
+  }
+  return authority.substr(0, authority.find(':'));
+}
+
+struct UdpOutcome {
+  Status status;
+  uint64_t bytes_received = 0, bytes_sent = 0, delivered = 0;
+};
+
+class UdpFd {
+ public:
+  explicit UdpFd(int fd) : fd_(fd) {}
+  ~UdpFd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+// Receives leaves [first, leaves) of the object over a UDP session with the proxy at |base_url|:
+// each verified leaf is written to the staging file and reported through |on_leaf|. Ends when
+// every leaf arrived, the session failed (UDP blocked, stalled, refused), or |stop| is set.
+UdpOutcome ReceiveOverUdp(const AgentConfig& config, const FetchSpec& spec,
+                          const std::string& base_url, uint64_t first, int staging_fd,
+                          const std::function<void(uint64_t)>& on_leaf,
+                          const std::atomic<bool>& stop, std::atomic<uint64_t>* received_bytes) {
+  UdpOutcome out;
+  const stream::ChunkMap& map = *spec.map;
+  const uint64_t leaves = map.leaf_count();
+  // Open the session over HTTP(S): its id, key and token travel with the request's protection.
+  net::ClientOptions copts;
+  copts.bearer_token = config.token;
+  copts.ca_file = config.ca_file;
+  copts.connect_timeout_ms = config.connect_timeout_ms;
+  copts.low_speed_timeout_ms = config.stall_timeout_ms;
+  copts.max_body_bytes = 64 << 10;
+  net::Client client(copts);
+  const nlohmann::json ask{{"object", spec.object_sha256},
+                           {"chunk_map", ToHex(map.root())},
+                           {"first", first},
+                           {"last", leaves - 1}};
+  Result<net::ClientResponse> r = client.Send("POST", base_url + "/v1/udp/sessions", ask.dump(),
+                                              {{"Content-Type", "application/json"}});
+  if (!r.ok()) {
+    out.status = r.status().WithContext("opening a UDP session");
+    return out;
+  }
+  if (r->status != 201) {
+    out.status = net::StatusFromResponse(*r).WithContext("opening a UDP session");
+    return out;
+  }
+  const nlohmann::json a = nlohmann::json::parse(r->body, nullptr, false);
+  fec::SessionParams params;
+  uint16_t port = 0;
+  try {
+    params.session_id = std::stoull(a.at("session_id").get<std::string>());
+    const std::string key = a.at("key").get<std::string>();
+    if (key.size() != 2 * params.key.size() ||
+        !DecodeHex(key, std::span<uint8_t>(params.key.data(), params.key.size()))) {
+      throw std::invalid_argument("key");
+    }
+    params.token = a.at("token").get<std::string>();
+    port = a.at("port").get<uint16_t>();
+    if (a.at("first").get<uint64_t>() != first || a.at("last").get<uint64_t>() != leaves - 1) {
+      throw std::invalid_argument("range");
+    }
+  } catch (const std::exception& e) {
+    out.status = Error(ErrorCode::kProtocol, std::string("bad UDP session answer: ") + e.what());
+    return out;
+  }
+
+  // A connected UDP socket: the kernel drops datagrams from any other address.
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  const std::string host = HostOfUrl(base_url);
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0 ||
+      found == nullptr) {
+    out.status = Error(ErrorCode::kUnavailable, "cannot resolve " + host + " for UDP");
+    return out;
+  }
+  UdpFd sock(::socket(found->ai_family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  const bool connected =
+      sock.get() >= 0 && ::connect(sock.get(), found->ai_addr, found->ai_addrlen) == 0;
+  ::freeaddrinfo(found);
+  if (!connected) {
+    out.status = ErrnoStatus("UDP socket to " + host, errno);
+    return out;
+  }
+  const int rcvbuf = 4 << 20;
+  ::setsockopt(sock.get(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+
+  std::vector<fec::ChunkSpec> chunks;
+  chunks.reserve(leaves - first);
+  for (uint64_t i = first; i < leaves; ++i) {
+    chunks.push_back(
+        {map.LeafOffset(i), static_cast<uint32_t>(map.LeafLength(i)), map.leaves()[i]});
+  }
+  auto deliver = [&](uint64_t first_chunk, uint64_t count, ByteView bytes) -> Status {
+    uint64_t at = 0;
+    for (uint64_t j = 0; j < count; ++j) {
+      const uint64_t leaf = first + first_chunk + j;
+      const uint64_t len = map.LeafLength(leaf);
+      if (at + len > bytes.size()) return Error(ErrorCode::kInternal, "short UDP delivery");
+      DS_RETURN_IF_ERROR(
+          PwriteAll(staging_fd, bytes.subspan(at, len), map.LeafOffset(leaf), spec.staging_path));
+      at += len;
+      out.delivered += len;
+      on_leaf(leaf);
+    }
+    return Status::Ok();
+  };
+  Result<std::unique_ptr<fec::UdpReceiver>> made =
+      fec::UdpReceiver::Create(params, std::move(chunks), deliver);
+  if (!made.ok()) {
+    out.status = made.status();
+    return out;
+  }
+  fec::UdpReceiver& rx = **made;
+  std::vector<uint8_t> buf(65536);
+  fec::Micros done_at = 0;
+  while (!stop.load()) {
+    fec::Micros now = NowMicros();
+    while (std::optional<Bytes> d = rx.Poll(now)) {
+      if (::send(sock.get(), d->data(), d->size(), 0) > 0) out.bytes_sent += d->size();
+    }
+    if (rx.state() == fec::UdpReceiver::State::kFailed) break;
+    if (rx.done()) {
+      // Answer late DATA with acks for a moment so the sender finishes promptly.
+      if (done_at == 0) done_at = now;
+      if (now - done_at > 100'000) break;
+    }
+    const fec::Micros next = rx.NextTimeout(now);
+    const int64_t wait_ms =
+        next == fec::kNever ? 20 : std::clamp<int64_t>((next - std::min(next, now)) / 1000, 0, 20);
+    pollfd p{sock.get(), POLLIN, 0};
+    ::poll(&p, 1, static_cast<int>(wait_ms));
+    for (;;) {
+      const ssize_t n = ::recv(sock.get(), buf.data(), buf.size(), 0);
+      if (n < 0) break;  // EAGAIN, or an ICMP error (port unreachable: the handshake times out).
+      out.bytes_received += static_cast<uint64_t>(n);
+      received_bytes->fetch_add(static_cast<uint64_t>(n));
+      static_cast<void>(rx.OnDatagram(NowMicros(), ByteView(buf.data(), static_cast<size_t>(n))));
+    }
+  }
+  if (rx.done()) {
+    out.status = Status::Ok();
+  } else if (stop.load()) {
+    out.status = Error(ErrorCode::kUnavailable, "stopped");
+  } else {
+    out.status =
+        rx.error().ok() ? Error(ErrorCode::kUnavailable, "UDP session ended early") : rx.error();
+  }
+  return out;
 }
 
 }  // namespace
@@ -470,13 +655,18 @@ Status FetchObject(const AgentConfig& config, const FetchSpec& spec, ObjectConsu
       }
     });
   }
+  std::atomic<bool> udp_stop{false};
+  std::atomic<uint64_t> udp_bytes{0};
+  std::thread udp_thread;
   auto shutdown = [&] {
     {
       std::lock_guard<std::mutex> lock(mu);
       stop = true;
       cv.notify_all();
     }
+    udp_stop = true;
     for (std::thread& t : pool) t.join();
+    if (udp_thread.joinable()) udp_thread.join();
     applier.Stop();
   };
 
@@ -488,6 +678,42 @@ Status FetchObject(const AgentConfig& config, const FetchSpec& spec, ObjectConsu
     applier.SetAvailable(prefix == leaves ? total : prefix * leaf);
   };
   advance_prefix();
+
+  // The UDP carrier takes every leaf from the first missing one; HTTP requests then fetch only
+  // what it did not deliver (UDP blocked, the session stalled or failed).
+  bool udp_active = false;
+  double udp_started = 0;
+  uint64_t udp_delivered = 0;
+  if (config.carrier == "udp" && prefix < leaves && !spec.base_urls.empty()) {
+    udp_active = true;
+    udp_started = NowSeconds();
+    Task t{prefix, leaves - 1, 0, udp_started};
+    for (uint64_t i = t.first; i <= t.last; ++i) in_flight[i] = 1;
+    ++outstanding;
+    udp_thread = std::thread([&, t] {
+      UdpOutcome o = ReceiveOverUdp(
+          config, spec, spec.base_urls[0], t.first, fd,
+          [&](uint64_t leaf) {
+            Completion leaf_done;
+            leaf_done.is_leaf = true;
+            leaf_done.leaf = leaf;
+            std::lock_guard<std::mutex> lock(mu);
+            done.push_back(std::move(leaf_done));
+            cv.notify_all();
+          },
+          udp_stop, &udp_bytes);
+      Completion c;
+      c.udp = true;
+      c.task = t;
+      c.status = o.status;
+      c.bytes = o.bytes_received;
+      c.end = NowSeconds();
+      c.delivered = o.delivered;
+      std::lock_guard<std::mutex> lock(mu);
+      done.push_back(std::move(c));
+      cv.notify_all();
+    });
+  }
 
   std::mt19937_64 rng(static_cast<uint64_t>(NowSeconds() * 1e6) ^ reinterpret_cast<uintptr_t>(&mu));
   int consecutive_failures = 0;
@@ -516,6 +742,32 @@ Status FetchObject(const AgentConfig& config, const FetchSpec& spec, ObjectConsu
     e.in_flight = outstanding;
     e.rtt = ctl.rtt();
     e.elapsed = now - start_time;
+    e.carrier = udp_active ? "udp" : "http";
+    if (udp_active) {
+      const uint64_t got = udp_bytes.load();
+      e.rate = now > udp_started ? static_cast<double>(got) / (now - udp_started) : 0;
+      const uint64_t useful = verified_bytes;
+      e.repair_overhead =
+          useful > 0 && got > useful ? static_cast<double>(got - useful) / useful : 0;
+    }
+    events(e);
+  };
+
+  // The UDP session's end: an event saying what it delivered, or why HTTP takes over.
+  auto udp_finished = [&](const Completion& c) {
+    udp_active = false;
+    udp_delivered = c.delivered;
+    if (!events) return;
+    Event e;
+    e.type = c.status.ok() ? "carrier" : "fallback";
+    e.artifact = spec.artifact;
+    e.carrier = "udp";
+    e.message = c.status.ok() ? "UDP carrier delivered " + std::to_string(udp_delivered) +
+                                    " bytes in " + std::to_string(c.bytes) + " datagram bytes"
+                              : "UDP carrier: " + c.status.ToString() + "; HTTP for the rest";
+    e.done = udp_delivered;
+    e.total = total;
+    e.elapsed = c.end - start_time;
     events(e);
   };
 
@@ -587,6 +839,10 @@ Status FetchObject(const AgentConfig& config, const FetchSpec& spec, ObjectConsu
     --outstanding;
     for (uint64_t i = c->task.first; i <= c->task.last; ++i) in_flight[i] = 0;
     stats->bytes_fetched += c->bytes;
+    if (c->udp) {
+      udp_finished(*c);
+      continue;  // Not a failed request: the HTTP workers take the rest.
+    }
     const std::string range = stream::ChunkRangeName(c->task.first, c->task.last);
     Status s = c->status;
     if (s.ok()) {
@@ -633,6 +889,7 @@ Status FetchObject(const AgentConfig& config, const FetchSpec& spec, ObjectConsu
   // count (the workers are joined: nothing is added any more).
   for (const Completion& c : done) {
     if (!c.is_leaf) stats->bytes_fetched += c.bytes;
+    if (c.udp) udp_finished(c);  // It lingered for the sender's last acks.
   }
   if (Status s = SaveProgress(spec, verified); result.ok() && !s.ok()) result = s;
   if (result.ok()) {

@@ -4,20 +4,26 @@
 //   deltastream-agent --config agent.json update [ARTIFACT] [--to VERSION]
 //   deltastream-agent --config agent.json status [ARTIFACT]
 //   deltastream-agent --config agent.json rollback ARTIFACT
+//   deltastream-agent --config agent.json run [--once]   (fleet mode: docs/PROTOCOL.md)
 //
 // Without --config, --proxy, --public-key, --state-dir and --artifact NAME=PATH describe the same
 // settings. Output: a progress bar on a terminal, JSON lines with --json (or when stderr is not a
 // terminal, events only). The exit code is the error's stable code (src/common/status.h).
+#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "agent/agent.h"
+#include "agent/run.h"
 #include "common/fs.h"
 
 namespace {
@@ -45,7 +51,7 @@ class Output {
     if (json_) {
       json j = {{"event", e.type}, {"artifact", e.artifact}, {"t", e.elapsed}};
       if (!e.message.empty()) j["message"] = e.message;
-      if (e.type == "progress" || e.type == "plan") {
+      if (e.type == "progress" || e.type == "plan" || e.type == "carrier") {
         j["done"] = e.done;
         j["total"] = e.total;
         j["applied"] = e.applied;
@@ -53,6 +59,8 @@ class Output {
         j["chunk_size"] = e.chunk_size;
         j["in_flight"] = e.in_flight;
         j["rtt"] = e.rtt;
+        if (!e.carrier.empty()) j["carrier"] = e.carrier;
+        if (e.carrier == "udp") j["repair_overhead"] = e.repair_overhead;
       }
       std::cout << j.dump() << std::endl;
       return;
@@ -98,6 +106,44 @@ int Fail(const ds::Status& s, const Output& out) {
   return s.exit_code();
 }
 
+// `run`: SIGTERM/SIGINT stop the loop; a request that does not end within a grace period (a long
+// poll, an update in progress) is abandoned by exiting, which is safe: events are journalled and
+// the update resumes from its verified download on the next start.
+int RunDeploy(ds::agent::AgentConfig config, bool once, Output& out) {
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);  // Before any thread starts: they inherit it.
+  ds::agent::RunOptions options;
+  options.once = once;
+  options.log = [](const std::string& line) { std::cout << line << std::endl; };
+  auto runner = ds::agent::DeployRunner::Create(std::move(config), options);
+  if (!runner.ok()) return Fail(runner.status(), out);
+  ds::agent::DeployRunner* r = runner->get();
+  std::atomic<bool> finished{false};
+  std::thread signals([r, &sigs, &finished] {
+    int sig = 0;
+    if (sigwait(&sigs, &sig) != 0 || finished) return;
+    r->Stop();
+    // An update gets 3 s to finish (and report); a long poll is simply abandoned.
+    const int grace = r->updating() ? 30 : 3;
+    for (int i = 0; i < grace && !finished; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (finished) return;
+    r->Freeze();
+    std::cout.flush();
+    ::_exit(0);
+  });
+  const ds::Status s = r->Run();
+  finished = true;
+  ::pthread_kill(signals.native_handle(), SIGTERM);  // Ends the sigwait.
+  signals.join();
+  if (!s.ok()) return Fail(s, out);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -115,6 +161,8 @@ int main(int argc, char** argv) {
   app.add_option("--artifact", artifact_specs, "Managed artifact NAME=INSTALL_PATH (repeatable)");
   app.add_option("--fallback", fallback, "full, fail or defer (for --artifact entries)");
   app.add_flag("--json", json_lines, "JSON lines on stdout");
+  std::string carrier;
+  app.add_option("--carrier", carrier, "http or udp (overrides the file)");
 
   std::string artifact, to;
   CLI::App* check =
@@ -127,6 +175,17 @@ int main(int argc, char** argv) {
   status->add_option("name", artifact, "Artifact (default: all managed)");
   CLI::App* rollback = app.add_subcommand("rollback", "Restore the previous version");
   rollback->add_option("name", artifact, "Artifact")->required();
+  std::string deploy_url, enroll_token, device_id;
+  std::vector<std::string> labels;
+  bool once = false;
+  int poll_wait = -1;
+  CLI::App* run = app.add_subcommand("run", "Take instructions from the deployment service");
+  run->add_option("--deploy-url", deploy_url, "Deployment service base URL");
+  run->add_option("--enroll-token", enroll_token, "Enrolment token (used once)");
+  run->add_option("--device-id", device_id, "Device id (default: the host name)");
+  run->add_option("--label", labels, "Device label K=V (repeatable)");
+  run->add_flag("--once", once, "Process pending instructions, deliver the events, exit");
+  run->add_option("--poll-wait", poll_wait, "Long-poll seconds (0..60)");
   CLI11_PARSE(app, argc, argv);
 
   Output out(json_lines);
@@ -137,6 +196,12 @@ int main(int argc, char** argv) {
     config = std::move(*c);
   }
   if (!proxies.empty()) config.proxies = proxies;
+  if (!carrier.empty()) {
+    if (carrier != "http" && carrier != "udp") {
+      return Fail(ds::Error(ds::ErrorCode::kInvalidArgument, "--carrier is http or udp"), out);
+    }
+    config.carrier = carrier;
+  }
   if (!public_key_file.empty()) {
     ds::Result<ds::Bytes> k = ds::ReadFile(public_key_file, 4096);
     if (!k.ok()) return Fail(k.status(), out);
@@ -167,6 +232,20 @@ int main(int argc, char** argv) {
                           "need proxies, a public key, a state directory and at least one "
                           "artifact (--config or the flags)"),
                 out);
+  }
+  if (run->parsed()) {
+    if (!deploy_url.empty()) config.deploy.url = deploy_url;
+    if (!enroll_token.empty()) config.deploy.enrollment_token = enroll_token;
+    if (!device_id.empty()) config.deploy.device_id = device_id;
+    if (poll_wait >= 0) config.deploy.poll_wait_seconds = poll_wait;
+    for (const std::string& l : labels) {
+      const size_t eq = l.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        return Fail(ds::Error(ds::ErrorCode::kInvalidArgument, "--label wants K=V, not " + l), out);
+      }
+      config.deploy.labels[l.substr(0, eq)] = l.substr(eq + 1);
+    }
+    return RunDeploy(std::move(config), once, out);
   }
   std::vector<std::string> names;
   if (!artifact.empty()) {

@@ -182,6 +182,27 @@ Status RunInspect(const InspectArgs& args) {
   std::printf("segments    %" PRIu64 "  (max output %" PRIu64 " B, max payload %" PRIu64
               " B, max ref window %" PRIu64 " B)\n",
               h.segment_count, h.max_segment_output, h.max_segment_payload, h.max_ref_window);
+  // Transforms (DSPF 1.1): how many segments used each and the generator's estimate of the saving.
+  uint64_t transform_segments[delta::kMaxTransform + 1] = {};
+  uint64_t transform_bytes[delta::kMaxTransform + 1] = {};
+  for (const delta::SegmentInfo& s : info.segments) {
+    const auto t = static_cast<size_t>(s.header.transform);
+    if (t <= delta::kMaxTransform) {
+      ++transform_segments[t];
+      transform_bytes[t] += s.header.new_length;
+    }
+  }
+  for (size_t t = 1; t <= delta::kMaxTransform; ++t) {
+    if (transform_segments[t] == 0) continue;
+    std::printf("transform   %s: %" PRIu64 " segments, %" PRIu64
+                " new bytes, %zu+%zu code regions\n",
+                delta::TransformName(static_cast<delta::Transform>(t)), transform_segments[t],
+                transform_bytes[t], h.old_regions.size(), h.new_regions.size());
+  }
+  if (h.flags & delta::kFlagCodeRegions) {
+    std::printf("transforms  saved %" PRIu64 " B over the plain encoding of their segments\n",
+                h.transform_saved);
+  }
   std::printf("%5s %12s %10s %-9s %10s  %s\n", "#", "new offset", "length", "method", "payload",
               "detail");
   for (size_t i = 0; i < info.segments.size(); ++i) {
@@ -198,6 +219,9 @@ Status RunInspect(const InspectArgs& args) {
                s.header.method == delta::Method::kLzmaRef) {
       detail =
           "ref old[" + std::to_string(s.ref_offset) + ", +" + std::to_string(s.ref_length) + ")";
+    }
+    if (s.header.transform != delta::Transform::kNone) {
+      detail += std::string(", transform ") + delta::TransformName(s.header.transform);
     }
     std::printf("%5zu %12" PRIu64 " %10" PRIu64 " %-9s %10" PRIu64 "  %s\n", i + 1,
                 s.header.new_offset, s.header.new_length, delta::MethodName(s.header.method),

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/deploy_commands.h"
 #include "cli/repo_commands.h"
 
 int main(int argc, char** argv) {
@@ -62,8 +63,25 @@ int main(int argc, char** argv) {
   auto* sv = app.add_subcommand(
       "serve", "Run the master repository, or a proxy repository (HTTP API under /v1)");
   sv->add_option("--role", serve.role,
-                 "master (catalog, jobs, signing) or proxy (read-only pull-through cache)")
-      ->check(CLI::IsMember({"master", "proxy"}))
+                 "master (catalog, jobs, signing; with the deployment service unless "
+                 "--no-deploy), proxy (read-only pull-through cache) or deploy (the deployment "
+                 "service alone, against --repo)")
+      ->check(CLI::IsMember({"master", "proxy", "deploy"}))
+      ->capture_default_str();
+  // Deployment service (docs/DEPLOY.md).
+  sv->add_flag("--no-deploy", serve.no_deploy,
+               "Master: do not run the deployment service (it runs by default)");
+  sv->add_option("--repo", serve.repo,
+                 "Deploy: the master's or a proxy's URL (required for --role deploy)");
+  sv->add_option("--deploy-proxy", serve.deploy_proxy,
+                 "Deployment service: the repository URL pre-warming asks for deltas (default: "
+                 "this server for master, --repo for deploy)");
+  sv->add_option("--enroll-token-file", serve.enroll_token_file,
+                 "Deployment service: the shared enrolment token (default <data-dir>/enroll.token, "
+                 "made on first start)");
+  sv->add_option("--deploy-prewarm-timeout", serve.deploy_prewarm_timeout_s,
+                 "Deployment service: seconds a wave waits for its missing deltas")
+      ->check(CLI::Range(int64_t{0}, int64_t{86400}))
       ->capture_default_str();
   sv->add_option("--upstream", serve.upstream,
                  "Proxy: the master's or another proxy's URL (required for --role proxy)");
@@ -73,6 +91,10 @@ int main(int argc, char** argv) {
   sv->add_option("--proxy-ttl-ms", serve.proxy_ttl_ms,
                  "Proxy: how long lists, latest and metadata are served from the cache")
       ->check(CLI::Range(int64_t{0}, int64_t{86400000}))
+      ->capture_default_str();
+  sv->add_option("--udp-port", serve.udp_port,
+                 "Proxy: serve the UDP carrier on this port (0 = any free port; -1 = off)")
+      ->check(CLI::Range(-1, 65535))
       ->capture_default_str();
   sv->add_option("--ondemand-workers", serve.ondemand_workers,
                  "Proxy: workers making deltas the upstream lacks (0 = never)")
@@ -125,6 +147,10 @@ int main(int argc, char** argv) {
   sv->add_option("--io-threads", serve.io_threads, "Network I/O threads (0 = one per core)")
       ->check(CLI::Range(0, 64))
       ->capture_default_str();
+  sv->add_option("--max-connections", serve.max_connections,
+                 "Open connections at most (a fleet's long polls each hold one)")
+      ->check(CLI::Range(16, 1000000))
+      ->capture_default_str();
   sv->add_option("--threads", serve.worker_threads, "Request handler threads")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
@@ -173,6 +199,9 @@ int main(int argc, char** argv) {
   md->add_option("--min-counter", metadata.min_counter, "Refuse metadata older than this");
   add_client(md, &metadata);
 
+  ds::cli::DeployCliArgs deploy_cli;
+  auto* dp = ds::cli::AddDeployCommand(app, &deploy_cli);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -194,6 +223,7 @@ int main(int argc, char** argv) {
   if (vs->parsed()) status = ds::cli::RunVersions(versions);
   if (jb->parsed()) status = ds::cli::RunJobs(jobs);
   if (md->parsed()) status = ds::cli::RunMetadata(metadata);
+  if (dp->parsed()) status = ds::cli::RunDeploy(deploy_cli);
   if (!status.ok()) {
     std::fprintf(stderr, "deltastream: error: %s\n", status.ToString().c_str());
     return status.exit_code();

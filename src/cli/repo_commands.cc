@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "cli/deploy_commands.h"
 #include "common/fs.h"
 #include "common/hash.h"
 #include "net/http.h"
@@ -54,6 +56,13 @@ net::ServerOptions ServerOptionsFor(const ServeArgs& args, const std::string& ho
                       : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   so.tls_cert_path = args.tls_cert;
   so.tls_key_path = args.tls_key;
+  so.max_connections = static_cast<size_t>(args.max_connections);
+  // Every connection is a descriptor: raise the soft limit as far as the hard one allows.
+  rlimit nofile{};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   return so;
 }
 
@@ -148,6 +157,8 @@ Status RunProxy(const ServeArgs& args, const std::string& host, uint16_t port,
   po.cache_max_bytes = args.cache_max_mib << 20;
   po.mutable_ttl_ms = args.proxy_ttl_ms;
   po.ondemand_workers = args.ondemand_workers;
+  po.udp_port = args.udp_port;
+  po.udp_host = host;
   po.ondemand_queue = args.ondemand_queue;
   po.ondemand_memory_budget = args.ondemand_memory_mib << 20;
   DS_ASSIGN_OR_RETURN(po.store, repo::ParseStorePolicy(args.store));
@@ -186,9 +197,12 @@ Status RunServe(const ServeArgs& args) {
     return Error(ErrorCode::kInvalidArgument, "--tls-cert and --tls-key go together");
   }
   if (args.role == "proxy") return RunProxy(args, host, port, stop);
+  if (args.role == "deploy") return RunDeployRole(args, host, port, stop);
   if (args.role != "master") {
-    return Error(ErrorCode::kInvalidArgument, "--role is master or proxy, got '" + args.role + "'");
+    return Error(ErrorCode::kInvalidArgument,
+                 "--role is master, proxy or deploy, got '" + args.role + "'");
   }
+  if (!args.repo.empty()) return Error(ErrorCode::kInvalidArgument, "--repo is for --role deploy");
   if (!args.upstream.empty()) {
     return Error(ErrorCode::kInvalidArgument, "--upstream is for --role proxy");
   }
@@ -221,7 +235,20 @@ Status RunServe(const ServeArgs& args) {
   mo.require_read_token = args.require_read_token;
   mo.max_artifact_bytes = args.max_artifact_mib << 20;
   repo::RegisterMasterApi(&server, repository.get(), mo);
+  // The deployment service, on by default in the single-process setup (docs/DEPLOY.md). Declared
+  // after the server: destroyed (stopped) first.
+  std::unique_ptr<deploy::Deploy> deploy_service;
+  if (!args.no_deploy) {
+    DS_ASSIGN_OR_RETURN(deploy_service,
+                        OpenDeployService(args, [r = repository.get()](std::string_view token) {
+                          return r->CheckToken(token, repo::TokenScope::kAdmin).status();
+                        }));
+    deploy_service->Register(server);
+  }
   DS_RETURN_IF_ERROR(server.Start());
+  if (deploy_service && args.deploy_proxy.empty()) {
+    deploy_service->SetRepoUrl(SelfUrl(args, host, server.port()));
+  }
 
   const std::string where = host + ":" + std::to_string(server.port());
   std::fprintf(stderr,
@@ -233,6 +260,7 @@ Status RunServe(const ServeArgs& args) {
   int sig = 0;
   sigwait(&stop, &sig);
   std::fprintf(stderr, "deltastream: signal %d, stopping\n", sig);
+  if (deploy_service) deploy_service->Stop();
   server.Stop();
   repository->Shutdown();
   return Status::Ok();

@@ -25,13 +25,15 @@ struct ServeArgs {
   bool require_read_token = false;
   uint64_t max_artifact_mib = 16384;
   int worker_threads = 8;
-  int io_threads = 0;  // Network I/O threads; 0 = one per core.
+  int io_threads = 0;           // Network I/O threads; 0 = one per core.
+  int max_connections = 16384;  // Open connections at most (long polls of a fleet included).
   // Proxy role: the upstream (master or proxy) URL, the cache bound and the mutable TTL.
   std::string upstream;
   uint64_t cache_max_mib = 10240;
   int64_t proxy_ttl_ms = 5000;
   // Proxy role: on-demand delta jobs (0 workers = none), waiting jobs at most, memory budget.
   int ondemand_workers = 1;
+  int udp_port = -1;  // Proxy: the UDP carrier's port (0 ephemeral); off when negative.
   uint64_t ondemand_queue = 16;
   uint64_t ondemand_memory_mib = 4096;
   // Proxy role: storage policy (both, full, delta) and the keyframe interval of "delta".
@@ -39,6 +41,15 @@ struct ServeArgs {
   int keyframe_every = 8;
   // Written once the server listens: "host:port" (tests use it with port 0).
   std::string port_file;
+  // Deployment service (docs/DEPLOY.md): on with --role master unless no_deploy; --role deploy
+  // runs it alone against --repo. deploy_proxy: where pre-warming asks for deltas (default: this
+  // server for master, --repo for deploy). Enrolment token: this file, else
+  // <data_dir>/enroll.token (made on first start).
+  bool no_deploy = false;
+  std::string repo;
+  std::string deploy_proxy;
+  std::string enroll_token_file;
+  int64_t deploy_prewarm_timeout_s = 300;
 };
 // Runs until SIGINT or SIGTERM. Proxy role: a read-only pull-through cache of --upstream under
 // <data_dir>/cache (no catalog, no keys, no tokens). Master role: on first start (no tokens in the

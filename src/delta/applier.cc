@@ -15,6 +15,7 @@
 #include "common/byte_reader.h"
 #include "common/fs.h"
 #include "common/hash.h"
+#include "delta/branch_filter.h"
 #include "delta/delta.h"
 #include "delta/vcdiff.h"
 
@@ -225,11 +226,13 @@ class PatchApplier::Impl {
       switch (state_) {
         case State::kFileHeader:
         case State::kSegmentHeader: {
-          const size_t limit =
-              (state_ == State::kFileHeader ? kFileHeaderPrefixLen + kMaxFileHeaderLen
-                                            : 10 + kMaxSegmentHeaderLen + 4);
+          const size_t limit = (state_ == State::kFileHeader
+                                    ? kFileHeaderPrefixLen + kMaxFileHeaderLen + kMaxTablesLen
+                                    : 10 + kMaxSegmentHeaderLen + 4);
           const size_t before = head_.size();
-          const size_t take = std::min(data.size(), limit - before);
+          // Header bytes go in small steps: a header with transform tables may be long, and the
+          // bytes after it are not to be copied here.
+          const size_t take = std::min({data.size(), limit - before, size_t{64} << 10});
           head_.insert(head_.end(), data.begin(), data.begin() + take);
           size_t consumed = 0;
           if (state_ == State::kFileHeader) {
@@ -251,6 +254,7 @@ class PatchApplier::Impl {
           data = data.subspan(consumed - before);
           patch_offset_ += consumed - before;
           head_.clear();
+          if (head_.capacity() > (64u << 10)) head_.shrink_to_fit();
           break;
         }
         case State::kPayload: {
@@ -276,6 +280,7 @@ class PatchApplier::Impl {
   }
 
   Status StartPatch() {
+    target_map_ = TargetMap(header_.old_regions, header_.new_regions, header_.address_map);
     if (header_.old_size != old_->size()) {
       return Error(ErrorCode::kPatchWrongBase, "old file is " + std::to_string(old_->size()) +
                                                    " bytes, patch expects " +
@@ -325,6 +330,9 @@ class PatchApplier::Impl {
                    where + (last ? " is last but the result is incomplete"
                                  : " completes the result but more segments are declared"));
     }
+    if (seg_.transform != Transform::kNone && !(header_.flags & kFlagCodeRegions)) {
+      return Error(ErrorCode::kPatchMalformed, where + " has a transform but the patch no tables");
+    }
     if (seg_.payload_length > header_.max_segment_payload) {
       return Error(ErrorCode::kPatchMalformed, where + " payload exceeds the declared maximum");
     }
@@ -359,6 +367,8 @@ class PatchApplier::Impl {
         break;
     }
     if (!s.ok()) return s.WithContext(where);
+    // The method rebuilt the transformed bytes; undo the transform (docs/FORMAT.md).
+    ApplyBranchFilter(seg_.transform, header_.new_regions, seg_.new_offset, output_, false);
     if (Crc32c(output_) != seg_.output_crc32c) {
       return Error(ErrorCode::kPatchOutputMismatch, where + " rebuilt bytes fail their checksum");
     }
@@ -440,7 +450,7 @@ class PatchApplier::Impl {
           return Error(ErrorCode::kPatchMalformed, "copy reads outside the old file");
         }
         uint8_t* dst = output_.data() + out_pos;
-        DS_RETURN_IF_ERROR(old_reader_.Read(old_pos, std::span<uint8_t>(dst, copy_len)));
+        DS_RETURN_IF_ERROR(ReadOld(old_pos, std::span<uint8_t>(dst, copy_len)));
         const uint8_t* d = diff.data() + diff_pos;
         for (uint64_t i = 0; i < copy_len; ++i) dst[i] = static_cast<uint8_t>(dst[i] + d[i]);
         out_pos += copy_len;
@@ -469,9 +479,36 @@ class PatchApplier::Impl {
       return Error(ErrorCode::kPatchMalformed, "reference window out of range");
     }
     ref_buf_.resize(layout.ref_length);
-    DS_RETURN_IF_ERROR(old_->ReadAt(layout.ref_offset, ref_buf_));
+    DS_RETURN_IF_ERROR(ReadOld(layout.ref_offset, ref_buf_));
     if (seg_.method == Method::kZstdRef) return DecodeZstd(dctx(), layout.frame, ref_buf_, output_);
     return DecodeLzmaRef(layout.frame, &ref_buf_, seg_.new_length, output_);
+  }
+
+  // Reads the old file as the current segment's transform sees it. REQUIRES: in range.
+  Status ReadOld(uint64_t pos, std::span<uint8_t> out) {
+    if (seg_.transform == Transform::kNone) return old_reader_.Read(pos, out);
+    // Transformed: whole filter blocks, filtered, kept in a small direct-mapped cache (copies
+    // alternate between a few old areas; refiltering a block on every switch is slow).
+    while (!out.empty()) {
+      const uint64_t block = pos / kFilterBlockSize;
+      const uint64_t start = block * kFilterBlockSize;
+      FilteredBlock& slot = fblocks_[block % kFilteredBlockSlots];
+      if (slot.start != start || slot.transform != seg_.transform) {
+        slot.start = UINT64_MAX;
+        slot.data.resize(std::min<uint64_t>(kFilterBlockSize, old_->size() - start));
+        DS_RETURN_IF_ERROR(old_->ReadAt(start, slot.data));
+        ApplyBranchFilter(seg_.transform, header_.old_regions, start, slot.data, true,
+                          &target_map_);
+        slot.start = start;
+        slot.transform = seg_.transform;
+      }
+      const size_t off = static_cast<size_t>(pos - start);
+      const size_t n = std::min<size_t>(out.size(), slot.data.size() - off);
+      std::memcpy(out.data(), slot.data.data() + off, n);
+      out = out.subspan(n);
+      pos += n;
+    }
+    return Status::Ok();
   }
 
   const OldSource* old_;
@@ -486,6 +523,15 @@ class PatchApplier::Impl {
   SegmentHeader seg_;
   uint32_t seg_crc_ = 0, seg_stored_crc_ = 0;
   Bytes head_, payload_, output_, ctrl_buf_, diff_buf_, lit_buf_, ref_buf_;
+  // Filtered blocks of the old file (transformed segments): 64 x 64 KiB at most.
+  static constexpr size_t kFilteredBlockSlots = 64;
+  struct FilteredBlock {
+    uint64_t start = UINT64_MAX;
+    Transform transform = Transform::kNone;
+    Bytes data;
+  };
+  std::vector<FilteredBlock> fblocks_ = std::vector<FilteredBlock>(kFilteredBlockSlots);
+  TargetMap target_map_;  // From the header's transform tables.
   uint64_t segments_done_ = 0;
   uint64_t output_bytes_ = 0;
   uint64_t patch_offset_ = 0;  // Patch bytes consumed.

@@ -37,6 +37,8 @@ struct GenerateOptions {
   int ref_level = 22;
   // Try zstdref segments at all.
   bool try_zstd_ref = true;
+  // Try the executable transforms (branch filters) on ELF files; kept per segment when smaller.
+  bool try_transforms = true;
   // Worker threads; 0 = one per core.
   int threads = 0;
 };
@@ -48,6 +50,11 @@ struct GenerateStats {
   uint64_t ref_segments = 0;  // zstdref + lzmaref
   uint64_t copy_ops = 0;
   double unmatched_fraction = -1;  // Sampled share of new pieces absent from old (-1: not taken).
+  // Executable transforms: segments that use one, and the bytes they saved over the same
+  // segments' plain encoding (as estimated by the generator); time spent trying them.
+  uint64_t transform_segments = 0;
+  uint64_t transform_saved_bytes = 0;
+  double transform_seconds = 0;
   double suffix_sort_seconds = 0;
   double match_seconds = 0;
   double total_seconds = 0;

@@ -8,11 +8,14 @@
 #include <chrono>
 #include <functional>
 #include <future>
+#include <optional>
 #include <thread>
 
 #include "common/byte_writer.h"
 #include "common/hash.h"
+#include "delta/branch_filter.h"
 #include "delta/delta_gen.h"
+#include "delta/elf.h"
 #include "delta/matcher.h"
 #include "delta/patch_format.h"
 #include "delta/suffix_array.h"
@@ -301,6 +304,99 @@ double UnmatchedFraction(const SuffixArray& sa, ByteView neu) {
   return static_cast<double>(unmatched) / kSamples;
 }
 
+// The code regions of |old| and |neu| and the transform for them, when both are ELF files of the
+// same machine with code in them.
+struct TransformChoice {
+  Transform transform = Transform::kNone;
+  std::vector<CodeRegion> old_regions, new_regions;
+  std::vector<AddressRun> address_map;
+};
+TransformChoice ChooseTransform(ByteView old, ByteView neu) {
+  TransformChoice c;
+  Result<ElfCode> o = ParseElfCode(old);
+  Result<ElfCode> n = ParseElfCode(neu);
+  if (!o.ok() || !n.ok() || o->machine != n->machine || !o->has_code() || !n->has_code()) {
+    return c;
+  }
+  c.transform = TransformForMachine(n->machine);
+  c.old_regions = std::move(o->regions);
+  c.new_regions = std::move(n->regions);
+  return c;
+}
+
+// Bytes the transform tables of |tc| add to the header.
+uint64_t TablesSize(const TransformChoice& tc) {
+  FileHeader h;
+  Bytes without, with;
+  WriteFileHeader(h, &without);
+  h.flags = kFlagCodeRegions;
+  h.old_regions = tc.old_regions;
+  h.new_regions = tc.new_regions;
+  h.address_map = tc.address_map;
+  h.transform_saved = 1 << 20;
+  WriteFileHeader(h, &with);
+  return with.size() - without.size();
+}
+
+bool Intersects(const std::vector<CodeRegion>& regions, uint64_t begin, uint64_t end) {
+  for (const CodeRegion& r : regions) {
+    if (r.code && r.offset < end && begin < r.offset + r.length) return true;
+  }
+  return false;
+}
+
+// Where old code reappears in the new file, from the plain matching's copies: runs of at least
+// kMinMapCopy bytes inside the old code regions, sorted, disjoint, and merged when neighbours
+// moved by the same distance.
+constexpr uint64_t kMinMapCopy = 16;
+std::vector<AddressRun> BuildAddressMap(const std::vector<std::vector<CopyOp>>& seg_ops,
+                                        uint64_t seg_size,
+                                        const std::vector<CodeRegion>& old_regions) {
+  std::vector<AddressRun> raw;
+  for (size_t i = 0; i < seg_ops.size(); ++i) {
+    uint64_t new_pos = i * seg_size;
+    for (const CopyOp& op : seg_ops[i]) {
+      if (op.copy_len >= kMinMapCopy) {
+        const int64_t delta = static_cast<int64_t>(new_pos) - static_cast<int64_t>(op.old_pos);
+        const uint64_t a = op.old_pos, b = op.old_pos + op.copy_len;
+        for (const CodeRegion& r : old_regions) {
+          const uint64_t lo = std::max(a, r.offset), hi = std::min(b, r.offset + r.length);
+          if (lo < hi) raw.push_back({lo, hi - lo, delta});
+        }
+      }
+      new_pos += op.copy_len + op.lit_len;
+    }
+  }
+  std::sort(raw.begin(), raw.end(), [](const AddressRun& x, const AddressRun& y) {
+    return x.old_offset != y.old_offset ? x.old_offset < y.old_offset : x.length > y.length;
+  });
+  std::vector<AddressRun> out;
+  for (AddressRun r : raw) {
+    if (!out.empty()) {
+      AddressRun& p = out.back();
+      const uint64_t p_end = p.old_offset + p.length;
+      if (r.old_offset < p_end) {
+        if (r.old_offset + r.length <= p_end) continue;
+        r.length -= p_end - r.old_offset;
+        r.old_offset = p_end;
+      }
+      if (r.delta == p.delta && r.old_offset - p_end <= 256) {
+        p.length = r.old_offset + r.length - p.old_offset;
+        continue;
+      }
+    }
+    out.push_back(r);
+  }
+  if (out.size() > kMaxAddressRuns) {
+    std::nth_element(out.begin(), out.begin() + kMaxAddressRuns, out.end(),
+                     [](const AddressRun& x, const AddressRun& y) { return x.length > y.length; });
+    out.resize(kMaxAddressRuns);
+    std::sort(out.begin(), out.end(),
+              [](const AddressRun& x, const AddressRun& y) { return x.old_offset < y.old_offset; });
+  }
+  return out;
+}
+
 struct Plan {
   std::vector<EncodedSegment> segments;
   uint64_t size() const {
@@ -427,6 +523,67 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
   });
   for (const Status& s : errors) DS_RETURN_IF_ERROR(s);
   st.match_seconds = SecondsSince(t_match);
+
+  // Executable transform: filter both files' code (the new file per segment, as the applier
+  // will), match again in that space, and keep each segment's smaller encoding.
+  TransformChoice tc;
+  uint64_t tables_cost = 0;
+  if (options.try_transforms && seg_count > 0 && n > 0) tc = ChooseTransform(old, neu);
+  if (tc.transform != Transform::kNone) {
+    const auto t_tr = Clock::now();
+    std::vector<size_t> code_segs;
+    for (size_t i = 0; i < seg_count; ++i) {
+      const uint64_t begin = i * seg_size, end = std::min(m, begin + seg_size);
+      if (Intersects(tc.new_regions, begin, end)) code_segs.push_back(i);
+    }
+    tc.address_map = BuildAddressMap(seg_ops, seg_size, tc.old_regions);
+    const TargetMap target_map(tc.old_regions, tc.new_regions, tc.address_map);
+    Bytes fold(old.begin(), old.end());
+    ApplyBranchFilter(tc.transform, tc.old_regions, 0, fold, true, &target_map);
+    Bytes fnew(neu.begin(), neu.end());
+    for (size_t i : code_segs) {
+      const uint64_t begin = i * seg_size, end = std::min(m, begin + seg_size);
+      ApplyBranchFilter(tc.transform, tc.new_regions, begin,
+                        std::span<uint8_t>(fnew.data() + begin, end - begin), true);
+    }
+    Result<SuffixArray> fsa = SuffixArray::Build(fold);
+    if (!fsa.ok()) return fsa.status();
+    std::vector<std::optional<EncodedSegment>> tseg(code_segs.size());
+    std::vector<Status> terr(code_segs.size());
+    ParallelFor(threads, code_segs.size(), [&](int worker, size_t k) {
+      const size_t i = code_segs[k];
+      const uint64_t begin = i * seg_size, end = std::min(m, begin + seg_size);
+      std::vector<CopyOp> ops = MatchRange(*fsa, fnew, begin, end);
+      PruneCopies(&ops, begin, literal_cost);
+      auto cd = EncodeCopyDiff(fold, fnew, begin, ops, options.stream_level, comps[worker].get());
+      if (!cd.ok()) {
+        terr[k] = cd.status();
+        return;
+      }
+      tseg[k] = std::move(cd).value();
+    });
+    for (const Status& s : terr) DS_RETURN_IF_ERROR(s);
+    uint64_t saved = 0;
+    for (size_t k = 0; k < code_segs.size(); ++k) {
+      const EncodedSegment& plain = plan.segments[code_segs[k]];
+      if (tseg[k]->encoded_size() < plain.encoded_size()) {
+        saved += plain.encoded_size() - tseg[k]->encoded_size();
+      }
+    }
+    // The tables the transform needs in the header must be paid for by what it saves.
+    tables_cost = TablesSize(tc);
+    if (saved > tables_cost) {
+      for (size_t k = 0; k < code_segs.size(); ++k) {
+        EncodedSegment& plain = plan.segments[code_segs[k]];
+        if (tseg[k]->encoded_size() < plain.encoded_size()) {
+          tseg[k]->header.transform = tc.transform;
+          plain = std::move(*tseg[k]);
+        }
+      }
+      st.transform_saved_bytes = saved - tables_cost;
+    }
+    st.transform_seconds = SecondsSince(t_tr);
+  }
   // A small patch of a multi-segment file: the segments' framing is a visible share of it, so
   // also try all the copies as one segment (cheap: its streams are mostly zeros).
   if (small && seg_count > 1 && plan.size() < kWholeCopyDiffTrial) {
@@ -443,16 +600,30 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
     if (!r.ok()) return r.status();
     whole.push_back(std::move(r).value());
   }
+  uint64_t plan_extra = st.transform_saved_bytes > 0 ? tables_cost : 0;
   for (auto& c : whole) {
-    if (c.has_value() && c->encoded_size() < plan.size()) {
+    if (c.has_value() && c->encoded_size() < plan.size() + plan_extra) {
       Plan single;
       single.segments.push_back(std::move(*c));
       plan = std::move(single);
+      plan_extra = 0;
     }
   }
 
   // Assemble.
   uint64_t offset = 0;
+  for (const EncodedSegment& seg : plan.segments) {
+    if (seg.header.transform != Transform::kNone) ++st.transform_segments;
+  }
+  if (st.transform_segments > 0) {
+    header.flags |= kFlagCodeRegions;
+    header.old_regions = tc.old_regions;
+    header.new_regions = tc.new_regions;
+    header.address_map = tc.address_map;
+  } else {
+    st.transform_saved_bytes = 0;
+  }
+  header.transform_saved = st.transform_saved_bytes;
   for (EncodedSegment& seg : plan.segments) {
     const uint64_t len = plan.segments.size() == 1 ? m : std::min(seg_size, m - offset);
     seg.header.new_offset = offset;

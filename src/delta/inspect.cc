@@ -32,6 +32,9 @@ Result<PatchInfo> InspectPatch(ByteView patch) {
         h.payload_length > info.header.max_segment_payload) {
       return Error(ErrorCode::kPatchMalformed, where + " exceeds the declared maxima");
     }
+    if (h.transform != Transform::kNone && !(info.header.flags & kFlagCodeRegions)) {
+      return Error(ErrorCode::kPatchMalformed, where + " has a transform but the patch no tables");
+    }
     expected_offset = end;
     if (h.payload_length > patch.size() - pos) {
       return Error(ErrorCode::kPatchTruncated, where + " payload truncated");

@@ -6,6 +6,7 @@
 
 #include "common/byte_reader.h"
 #include "common/byte_writer.h"
+#include "delta/branch_filter.h"
 
 namespace ds::delta {
 
@@ -19,6 +20,18 @@ const char* MethodName(Method m) {
       return "zstdref";
     case Method::kLzmaRef:
       return "lzmaref";
+  }
+  return "unknown";
+}
+
+const char* TransformName(Transform t) {
+  switch (t) {
+    case Transform::kNone:
+      return "none";
+    case Transform::kX86Branch:
+      return "x86-branch";
+    case Transform::kArm64Branch:
+      return "arm64-branch";
   }
   return "unknown";
 }
@@ -52,6 +65,32 @@ void WriteFileHeader(const FileHeader& h, Bytes* out) {
   f.WriteVarint(h.max_segment_output);
   f.WriteVarint(h.max_segment_payload);
   f.WriteVarint(h.max_ref_window);
+  Bytes tables;
+  if (h.flags & kFlagCodeRegions) {
+    ByteWriter t(&tables);
+    for (const std::vector<CodeRegion>* table : {&h.old_regions, &h.new_regions}) {
+      t.WriteVarint(table->size());
+      for (const CodeRegion& r : *table) {
+        t.WriteVarint(r.offset);
+        t.WriteVarint(r.length);
+        t.WriteVarint(r.vaddr);
+        t.WriteVarint(r.code ? 1 : 0);
+      }
+    }
+    t.WriteVarint(h.address_map.size());
+    uint64_t prev_end = 0;
+    int64_t prev_delta = 0;
+    for (const AddressRun& r : h.address_map) {
+      t.WriteVarint(r.old_offset - prev_end);
+      t.WriteVarint(r.length);
+      t.WriteSignedVarint(r.delta - prev_delta);
+      prev_end = r.old_offset + r.length;
+      prev_delta = r.delta;
+    }
+    t.WriteVarint(h.transform_saved);
+    f.WriteVarint(tables.size());
+    f.WriteU32Le(Crc32c(tables));
+  }
 
   const size_t start = out->size();
   ByteWriter w(out);
@@ -62,7 +101,64 @@ void WriteFileHeader(const FileHeader& h, Bytes* out) {
   w.WriteBytes(fields);
   const uint32_t crc = Crc32c(ByteView(out->data() + start, out->size() - start));
   w.WriteU32Le(crc);
+  w.WriteBytes(tables);
 }
+
+namespace {
+
+Status ParseTables(ByteView tables, FileHeader* h) {
+  ByteReader t(tables);
+  const Status truncated = Error(ErrorCode::kPatchMalformed, "transform tables truncated");
+  for (std::vector<CodeRegion>* table : {&h->old_regions, &h->new_regions}) {
+    uint64_t count;
+    if (!t.ReadVarint(&count)) return truncated;
+    if (count > kMaxCodeRegions) return Error(ErrorCode::kPatchMalformed, "too many code regions");
+    table->resize(count);
+    for (CodeRegion& r : *table) {
+      uint64_t kind;
+      if (!t.ReadVarint(&r.offset) || !t.ReadVarint(&r.length) || !t.ReadVarint(&r.vaddr) ||
+          !t.ReadVarint(&kind)) {
+        return truncated;
+      }
+      if (kind > 1) return Error(ErrorCode::kPatchMalformed, "unknown code region kind");
+      r.code = kind == 1;
+    }
+  }
+  uint64_t runs;
+  if (!t.ReadVarint(&runs)) return truncated;
+  // Each run takes at least three bytes.
+  if (runs > kMaxAddressRuns || runs > t.remaining() / 3) {
+    return Error(ErrorCode::kPatchMalformed, "address map too long");
+  }
+  h->address_map.resize(runs);
+  uint64_t prev_end = 0;
+  int64_t prev_delta = 0;
+  for (AddressRun& r : h->address_map) {
+    uint64_t gap;
+    int64_t dd;
+    if (!t.ReadVarint(&gap) || !t.ReadVarint(&r.length) || !t.ReadSignedVarint(&dd)) {
+      return truncated;
+    }
+    if (!CheckedAddU64(prev_end, gap, &r.old_offset) || r.length == 0 ||
+        !CheckedAddU64(r.old_offset, r.length, &prev_end) || prev_end > h->old_size ||
+        __builtin_add_overflow(prev_delta, dd, &r.delta)) {
+      return Error(ErrorCode::kPatchMalformed, "address map out of range");
+    }
+    // The run's image must lie inside the new file.
+    int64_t new_start;
+    if (__builtin_add_overflow(static_cast<int64_t>(r.old_offset), r.delta, &new_start) ||
+        new_start < 0 || static_cast<uint64_t>(new_start) > h->new_size ||
+        r.length > h->new_size - static_cast<uint64_t>(new_start)) {
+      return Error(ErrorCode::kPatchMalformed, "address map points outside the new file");
+    }
+    prev_delta = r.delta;
+  }
+  if (!t.ReadVarint(&h->transform_saved)) return truncated;
+  if (!t.empty()) return Error(ErrorCode::kPatchMalformed, "bytes after the transform tables");
+  return Status::Ok();
+}
+
+}  // namespace
 
 Status ParseFileHeader(ByteView buf, FileHeader* h, size_t* consumed) {
   *consumed = 0;
@@ -111,14 +207,44 @@ Status ParseFileHeader(ByteView buf, FileHeader* h, size_t* consumed) {
     return Error(ErrorCode::kPatchUnknownMethod, "unknown algorithm " + std::to_string(algorithm));
   }
   out.algorithm = static_cast<Algorithm>(algorithm);
+  uint64_t tables_len = 0;
+  uint32_t tables_crc = 0;
+  if (out.flags & kFlagCodeRegions) {
+    if (!fr.ReadVarint(&tables_len) || !fr.ReadU32Le(&tables_crc)) {
+      return Error(ErrorCode::kPatchMalformed, "file header fields truncated");
+    }
+    if (tables_len > kMaxTablesLen) {
+      return Error(ErrorCode::kPatchMalformed, "transform tables too long");
+    }
+  }
+  if (out.flags & kFlagCodeRegions) {
+    if (buf.size() - total < tables_len) {
+      // Check what can be checked before waiting for the tables.
+      DS_RETURN_IF_ERROR(ValidateFileHeader(out));
+      return Status::Ok();
+    }
+    const ByteView tables = buf.subspan(total, tables_len);
+    if (Crc32c(tables) != tables_crc) {
+      return Error(ErrorCode::kPatchChecksum, "transform tables checksum mismatch");
+    }
+    DS_RETURN_IF_ERROR(ParseTables(tables, &out));
+  }
   DS_RETURN_IF_ERROR(ValidateFileHeader(out));
-  *h = out;
-  *consumed = total;
+  *h = std::move(out);
+  *consumed = total + tables_len;
   return Status::Ok();
 }
 
 Status ValidateFileHeader(const FileHeader& h) {
-  if (h.flags != 0) return Error(ErrorCode::kPatchMalformed, "unknown header flags");
+  if ((h.flags & ~kKnownHeaderFlags) != 0) {
+    return Error(ErrorCode::kPatchMalformed, "unknown header flags");
+  }
+  if (!(h.flags & kFlagCodeRegions) &&
+      (!h.old_regions.empty() || !h.new_regions.empty() || !h.address_map.empty())) {
+    return Error(ErrorCode::kPatchMalformed, "code regions without their flag");
+  }
+  DS_RETURN_IF_ERROR(ValidateCodeRegions(h.old_regions, h.old_size));
+  DS_RETURN_IF_ERROR(ValidateCodeRegions(h.new_regions, h.new_size));
   if (h.new_size == 0 && h.segment_count != 0) {
     return Error(ErrorCode::kPatchMalformed, "segments for an empty result");
   }
@@ -194,7 +320,7 @@ Status ParseSegmentHeader(ByteView buf, SegmentHeader* s, size_t* consumed, uint
     return Error(ErrorCode::kPatchUnknownMethod,
                  "unknown segment method " + std::to_string(method));
   }
-  if (transform != static_cast<uint8_t>(Transform::kNone)) {
+  if (transform > kMaxTransform) {
     return Error(ErrorCode::kPatchUnknownMethod,
                  "unknown segment transform " + std::to_string(transform));
   }

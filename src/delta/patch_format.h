@@ -15,6 +15,7 @@
 
 #include <array>
 #include <cstdint>
+#include <vector>
 
 #include "common/bytes.h"
 #include "common/hash.h"
@@ -24,7 +25,12 @@ namespace ds::delta {
 
 inline constexpr std::array<uint8_t, 4> kPatchMagic = {'D', 'S', 'P', 'F'};
 inline constexpr uint8_t kFormatMajor = 1;
-inline constexpr uint8_t kFormatMinor = 0;
+inline constexpr uint8_t kFormatMinor = 1;
+
+// FileHeader::flags bits. A reader refuses bits it does not know (1.0 readers refuse them all).
+// kFlagCodeRegions (1.1): the header carries the code region tables of the branch transforms.
+inline constexpr uint64_t kFlagCodeRegions = 1;
+inline constexpr uint64_t kKnownHeaderFlags = kFlagCodeRegions;
 
 // Bounds on the framing itself (not on the data), so that a hostile patch cannot make the reader
 // buffer an unbounded header.
@@ -49,10 +55,39 @@ enum class Method : uint8_t {
 // The LZMA2 dictionary of a kLzmaRef segment: reference plus output, at least LZMA's minimum.
 uint64_t LzmaRefDictSize(uint64_t ref_length, uint64_t new_length);
 
-// A reversible transform applied to a segment's output (reserved for executable-aware diffing).
+// A reversible transform of a segment (docs/FORMAT.md, "Transforms"): the method rebuilds the
+// new range in the transformed space, reading the old file through the same transform, and the
+// applier runs the inverse over the rebuilt bytes. Values are format constants.
 enum class Transform : uint8_t {
   kNone = 0,
+  kX86Branch = 1,    // x86/x86-64 rel32 call/jmp/jcc targets made absolute (branch_filter.h).
+  kArm64Branch = 2,  // AArch64 B/BL imm26 targets made absolute.
 };
+inline constexpr uint8_t kMaxTransform = 2;
+const char* TransformName(Transform t);
+
+// A range of a file loaded at virtual address |vaddr|: machine code (filtered by the branch
+// transforms) or data (only used to follow references into it).
+struct CodeRegion {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  uint64_t vaddr = 0;
+  bool code = true;
+  bool operator==(const CodeRegion&) const = default;
+};
+inline constexpr size_t kMaxCodeRegions = 64;
+
+// A run of the old file that reappears in the new file at old_offset + delta (file offsets). The
+// address map of a transformed patch tells where branch targets of the old file moved to.
+struct AddressRun {
+  uint64_t old_offset = 0;
+  uint64_t length = 0;
+  int64_t delta = 0;
+  bool operator==(const AddressRun&) const = default;
+};
+inline constexpr size_t kMaxAddressRuns = 1 << 18;
+// The transform tables that follow a 1.1 header with kFlagCodeRegions are at most this long.
+inline constexpr uint64_t kMaxTablesLen = 4 << 20;
 
 const char* MethodName(Method m);
 
@@ -60,7 +95,7 @@ struct FileHeader {
   uint8_t major = kFormatMajor;
   uint8_t minor = kFormatMinor;
   Algorithm algorithm = Algorithm::kGeneric;
-  uint64_t flags = 0;  // Reserved, must be 0 in version 1.0.
+  uint64_t flags = 0;  // kFlag* bits; 0 in version 1.0.
   uint64_t old_size = 0;
   Sha256Digest old_sha256{};
   uint64_t new_size = 0;
@@ -71,6 +106,13 @@ struct FileHeader {
   uint64_t max_segment_output = 0;
   uint64_t max_segment_payload = 0;
   uint64_t max_ref_window = 0;
+  // 1.1, present iff flags & kFlagCodeRegions (the "transform tables" after the header): the
+  // code regions of the old and new files the branch transforms work on, where old code moved
+  // to, and the generator's estimate of the bytes the transforms saved (informational).
+  std::vector<CodeRegion> old_regions;
+  std::vector<CodeRegion> new_regions;
+  std::vector<AddressRun> address_map;
+  uint64_t transform_saved = 0;
 };
 
 struct SegmentHeader {
@@ -82,10 +124,11 @@ struct SegmentHeader {
   uint32_t output_crc32c = 0;  // CRC32C of the rebuilt new bytes of this segment.
 };
 
-// Serialises |h| (with its checksum) to |out|.
+// Serialises |h| (with its checksum, and its transform tables when it has kFlagCodeRegions).
 void WriteFileHeader(const FileHeader& h, Bytes* out);
 
-// Parses a file header from the front of |buf|. On success sets |*consumed|. When |buf| is a
+// Parses a file header (and its transform tables, which |*consumed| then includes) from the front
+// of |buf|. On success sets |*consumed|. When |buf| is a
 // prefix too short to decide, returns OK with |*consumed| == 0 (feed more bytes). Errors:
 // kPatchBadMagic, kPatchVersion, kPatchChecksum, kPatchMalformed.
 Status ParseFileHeader(ByteView buf, FileHeader* h, size_t* consumed);

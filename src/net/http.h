@@ -191,7 +191,7 @@ class Server {
   void Stop();  // Closes the listener and connections, joins threads. Idempotent.
 
   // A UDP socket on this server's event loop (net/udp.h), bound to |options|' host and port.
-  // Call after Start(). The socket is closed by Close() or when the server stops.
+  // Before or after Start() (datagrams are handled once it runs); closed by Close() or Stop().
   Result<std::shared_ptr<UdpSocket>> OpenUdp(
       const UdpOptions& options, std::function<void(const UdpPeer&, ByteView)> on_datagram);
 

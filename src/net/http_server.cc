@@ -836,27 +836,28 @@ class UdpSocketImpl : public UdpSocket, public std::enable_shared_from_this<UdpS
  public:
   UdpSocketImpl(asio::io_context& ioc, DatagramHandler handler)
       : strand_(asio::make_strand(ioc)),
-        socket_(strand_),
         handler_(std::move(handler)),
-        buffer_(new uint8_t[kMaxDatagram]) {}
+        buffer_(new uint8_t[kMaxDatagram]) {
+    socket_.emplace(*strand_);
+  }
 
   Status Open(const UdpOptions& o) {
     beast::error_code ec;
     const asio::ip::address address = asio::ip::make_address(o.host, ec);
     if (ec) return Status(ErrorCode::kInvalidArgument, "UDP host " + o.host + ": " + ec.message());
     const udp::endpoint endpoint(address, o.port);
-    socket_.open(endpoint.protocol(), ec);
-    if (!ec) socket_.bind(endpoint, ec);
-    if (!ec) socket_.non_blocking(true, ec);
+    socket_->open(endpoint.protocol(), ec);
+    if (!ec) socket_->bind(endpoint, ec);
+    if (!ec) socket_->non_blocking(true, ec);
     if (ec) {
       return Status(ErrorCode::kIoError,
                     "UDP bind " + o.host + ":" + std::to_string(o.port) + ": " + ec.message());
     }
     beast::error_code ignored;  // Buffer sizes are a wish: the kernel may cap them.
-    socket_.set_option(asio::socket_base::receive_buffer_size(o.receive_buffer_bytes), ignored);
-    socket_.set_option(asio::socket_base::send_buffer_size(o.send_buffer_bytes), ignored);
-    port_ = socket_.local_endpoint(ec).port();
-    asio::dispatch(strand_, [self = shared_from_this()] { self->Receive(); });
+    socket_->set_option(asio::socket_base::receive_buffer_size(o.receive_buffer_bytes), ignored);
+    socket_->set_option(asio::socket_base::send_buffer_size(o.send_buffer_bytes), ignored);
+    port_ = socket_->local_endpoint(ec).port();
+    asio::dispatch(*strand_, [self = shared_from_this()] { self->Receive(); });
     return Status::Ok();
   }
 
@@ -870,8 +871,9 @@ class UdpSocketImpl : public UdpSocket, public std::enable_shared_from_this<UdpS
     std::memcpy(endpoint.data(), &to.addr, to.len);
     endpoint.resize(to.len);
     beast::error_code ec;
-    std::lock_guard<std::mutex> lock(send_mu_);  // Sync sends from any thread: one at a time.
-    socket_.send_to(asio::buffer(datagram.data(), datagram.size()), endpoint, 0, ec);
+    std::lock_guard<std::mutex> lock(mu_);  // Sync sends from any thread: one at a time.
+    if (!socket_ || closed_.load()) return Status(ErrorCode::kUnavailable, "UDP socket closed");
+    socket_->send_to(asio::buffer(datagram.data(), datagram.size()), endpoint, 0, ec);
     if (ec == asio::error::would_block || ec == asio::error::no_buffer_space) {
       send_drops_.fetch_add(1);
       return Status(ErrorCode::kUnavailable, "UDP send buffer full");
@@ -884,49 +886,61 @@ class UdpSocketImpl : public UdpSocket, public std::enable_shared_from_this<UdpS
 
   void Every(int64_t interval_us, std::function<bool()> fn) override {
     interval_us = std::max<int64_t>(interval_us, 100);
-    auto timer = std::make_shared<asio::steady_timer>(strand_);
-    asio::dispatch(strand_, [self = shared_from_this(), timer, interval_us, fn = std::move(fn)] {
-      if (self->closed_) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!strand_ || closed_.load()) return;
+    auto timer = std::make_shared<asio::steady_timer>(*strand_);
+    asio::dispatch(*strand_, [self = shared_from_this(), timer, interval_us, fn = std::move(fn)] {
+      if (self->closed_.load()) return;
       self->timers_.push_back(timer);
       self->Arm(timer, interval_us, fn);
     });
   }
 
   void Close() override {
-    asio::dispatch(strand_, [self = shared_from_this()] { self->CloseOnStrand(); });
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!strand_) return;
+    asio::dispatch(*strand_, [self = shared_from_this()] { self->CloseOnStrand(); });
   }
 
   uint64_t received() const override { return received_.load(); }
   uint64_t sent() const override { return sent_.load(); }
   uint64_t send_drops() const override { return send_drops_.load(); }
 
-  // Only when no I/O thread runs (Server::Stop).
-  void ForceClose() { CloseOnStrand(); }
+  // Only when no I/O thread runs (Server::Stop): closes and releases every Asio object, so that
+  // a socket kept by its user past the Server's lifetime holds nothing of the io_context.
+  void ForceClose() {
+    std::lock_guard<std::mutex> lock(mu_);
+    CloseOnStrand();
+    timers_.clear();
+    socket_.reset();
+    strand_.reset();
+  }
 
  private:
   static constexpr size_t kMaxDatagram = 65536;
 
   void Receive() {
-    if (closed_) return;
-    socket_.async_receive_from(asio::buffer(buffer_.get(), kMaxDatagram), from_,
-                               [self = shared_from_this()](const beast::error_code& ec, size_t n) {
-                                 if (self->closed_ || ec == asio::error::operation_aborted) return;
-                                 if (!ec) {
-                                   self->received_.fetch_add(1);
-                                   UdpPeer peer;
-                                   peer.len = static_cast<socklen_t>(self->from_.size());
-                                   std::memcpy(&peer.addr, self->from_.data(), peer.len);
-                                   try {
-                                     self->handler_(peer, ByteView(self->buffer_.get(), n));
-                                   } catch (...) {
-                                     // A handler must not throw; one that does loses this datagram
-                                     // only.
-                                   }
-                                 }
-                                 // ICMP errors (e.g. port unreachable after a send) surface here:
-                                 // keep receiving.
-                                 self->Receive();
-                               });
+    if (closed_.load()) return;
+    socket_->async_receive_from(asio::buffer(buffer_.get(), kMaxDatagram), from_,
+                                [self = shared_from_this()](const beast::error_code& ec, size_t n) {
+                                  if (self->closed_.load() || ec == asio::error::operation_aborted)
+                                    return;
+                                  if (!ec) {
+                                    self->received_.fetch_add(1);
+                                    UdpPeer peer;
+                                    peer.len = static_cast<socklen_t>(self->from_.size());
+                                    std::memcpy(&peer.addr, self->from_.data(), peer.len);
+                                    try {
+                                      self->handler_(peer, ByteView(self->buffer_.get(), n));
+                                    } catch (...) {
+                                      // A handler must not throw; one that does loses this datagram
+                                      // only.
+                                    }
+                                  }
+                                  // ICMP errors (e.g. port unreachable after a send) surface here:
+                                  // keep receiving.
+                                  self->Receive();
+                                });
   }
 
   void Arm(const std::shared_ptr<asio::steady_timer>& timer, int64_t interval_us,
@@ -934,7 +948,7 @@ class UdpSocketImpl : public UdpSocket, public std::enable_shared_from_this<UdpS
     timer->expires_after(std::chrono::microseconds(interval_us));
     timer->async_wait([self = shared_from_this(), timer, interval_us,
                        fn = std::move(fn)](const beast::error_code& ec) mutable {
-      if (ec || self->closed_) return;
+      if (ec || self->closed_.load()) return;
       bool again = false;
       try {
         again = fn();
@@ -946,23 +960,21 @@ class UdpSocketImpl : public UdpSocket, public std::enable_shared_from_this<UdpS
   }
 
   void CloseOnStrand() {
-    if (closed_) return;
-    closed_ = true;
+    if (closed_.exchange(true)) return;
     beast::error_code ec;
-    socket_.close(ec);
+    if (socket_) socket_->close(ec);
     for (auto& t : timers_) t->cancel();
-    timers_.clear();
   }
 
-  asio::strand<asio::io_context::executor_type> strand_;
-  udp::socket socket_;
+  std::mutex mu_;  // Guards the presence of strand_ and socket_ (ForceClose) and sends.
+  std::optional<asio::strand<asio::io_context::executor_type>> strand_;
+  std::optional<udp::socket> socket_;
   DatagramHandler handler_;
   std::unique_ptr<uint8_t[]> buffer_;
   udp::endpoint from_;
   uint16_t port_ = 0;
-  bool closed_ = false;  // On the strand.
-  std::vector<std::shared_ptr<asio::steady_timer>> timers_;
-  std::mutex send_mu_;
+  std::atomic<bool> closed_{false};
+  std::vector<std::shared_ptr<asio::steady_timer>> timers_;  // On the strand.
   std::atomic<uint64_t> received_{0}, sent_{0}, send_drops_{0};
 };
 
@@ -1037,9 +1049,7 @@ Result<std::shared_ptr<UdpSocket>> Server::OpenUdp(
   Impl& s = *impl_;
   {
     std::lock_guard<std::mutex> lock(s.lifecycle_mu);
-    if (!s.started || s.stopped) {
-      return Status(ErrorCode::kInvalidArgument, "OpenUdp needs a running server");
-    }
+    if (s.stopped) return Status(ErrorCode::kInvalidArgument, "the server has stopped");
   }
   std::shared_ptr<UdpSocketImpl> sock;
   try {

@@ -4,7 +4,8 @@
 //
 // Thread-safety: SendTo, Every and Close may be called from any thread; the datagram handler
 // and every timer callback of one socket run one at a time, never concurrently.
-// Lifetime: drop every reference to a socket before destroying its Server.
+// Lifetime: a socket may outlive its Server; Server::Stop() closes it and releases what it held
+// of the server's event loop (later calls do nothing or fail with kUnavailable).
 #ifndef DELTASTREAM_NET_UDP_H_
 #define DELTASTREAM_NET_UDP_H_
 

@@ -26,6 +26,7 @@
 #include "common/hash.h"
 #include "delta/delta.h"
 #include "repo/proxy_deltas.h"
+#include "repo/proxy_udp.h"
 #include "stream/stream.h"
 
 namespace ds::repo {
@@ -1394,6 +1395,25 @@ net::Response Proxy::Serve(const net::Request& req, ObjectKind kind,
 }
 
 net::Response Proxy::Stream(const net::Request& req) { return impl_->Stream(req); }
+Result<std::string> Proxy::ObjectFile(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const std::string sha = slash == std::string::npos ? path : path.substr(slash + 1);
+  if (!IsHex64(sha) || (path.rfind("/v1/blobs/", 0) != 0 && path.rfind("/v1/chunkmaps/", 0) != 0)) {
+    return Error(ErrorCode::kInvalidArgument, "not an object path: " + path);
+  }
+  net::Request req;
+  req.method = "GET";
+  req.path = path;
+  net::Response r = impl_->ServeObject(req, sha);
+  if (r.status != 200 || !r.file || r.file->offset != 0) {
+    net::ClientResponse c;
+    c.status = r.status == 200 ? 500 : r.status;
+    c.body = r.body;
+    return net::StatusFromResponse(c);
+  }
+  return r.file->path;
+}
+
 net::Response Proxy::ServeObject(const net::Request& req, const std::string& sha256) {
   return impl_->ServeObject(req, sha256, /*stream_ok=*/true);
 }
@@ -1514,9 +1534,26 @@ Result<std::shared_ptr<Proxy>> RegisterProxyApi(net::Server* server, const Proxy
     }
     return Response::Json(200, j.dump()).With("Cache-Control", "no-cache");
   });
-  server->Route("GET", "/metrics", [proxy, server](Request&) {
-    return Response::Text(200, proxy->MetricsText() + server->MetricsText(),
-                          "text/plain; version=0.0.4");
+  std::shared_ptr<UdpCarrier> udp;
+  if (options.udp_port >= 0) {
+    UdpCarrierOptions uo;
+    uo.host = options.udp_host;
+    uo.port = static_cast<uint16_t>(options.udp_port);
+    DS_ASSIGN_OR_RETURN(
+        udp, UdpCarrier::Register(server, uo,
+                                  [weak = std::weak_ptr<Proxy>(proxy)](
+                                      const std::string& path) -> Result<std::string> {
+                                    auto p = weak.lock();
+                                    if (!p) return Error(ErrorCode::kUnavailable, "proxy stopped");
+                                    return p->ObjectFile(path);
+                                  }));
+  }
+  // The metrics route keeps the UDP carrier alive as long as the server's routes.
+  server->Route("GET", "/metrics", [proxy, server, udp](Request&) {
+    return Response::Text(
+        200,
+        proxy->MetricsText() + (udp ? udp->MetricsText() : std::string()) + server->MetricsText(),
+        "text/plain; version=0.0.4");
   });
 
   auto route = [&](const char* pattern, ObjectKind kind) {

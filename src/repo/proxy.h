@@ -43,7 +43,10 @@
 namespace ds::repo {
 
 struct ProxyOptions {
-  std::string upstream;   // Base URL, e.g. "http://master:8440" (no trailing path).
+  std::string upstream;  // Base URL, e.g. "http://master:8440" (no trailing path).
+  // The UDP carrier (docs/PROTOCOL.md, "UDP carrier"): off when udp_port < 0; 0 = ephemeral.
+  int udp_port = -1;
+  std::string udp_host = "127.0.0.1";
   std::string cache_dir;  // Created if missing.
   uint64_t cache_max_bytes = 10ull << 30;
   int64_t mutable_ttl_ms = 5000;
@@ -122,6 +125,9 @@ class Proxy {
   // GET /v1/chunkmaps/{sha}, /v1/blobs/{sha} and /v1/chunks/{sha}/{range}: the proxy's own
   // on-demand objects first, else the cache / upstream as Serve().
   net::Response ServeObject(const net::Request& req, const std::string& sha256);
+  // A verified file holding the object "/v1/blobs/<sha>" or "/v1/chunkmaps/<sha>" names
+  // (fetched, rebuilt or made as for ServeObject); the path stays valid for the eviction grace.
+  Result<std::string> ObjectFile(const std::string& path);
   net::Response ServeChunk(const net::Request& req, const std::string& sha256,
                            const std::string& range);
 

@@ -118,6 +118,53 @@ TEST_F(AgentNetLabTest, UpdatesAcrossBandwidthsAndLoss) {
   }
 }
 
+// The UDP carrier (FEC over UDP) through a proxy across a 20 Mbit/s link with 0, 5, 10 and 20 %
+// random loss: a first install (the whole 8 MiB artifact) arrives byte-identical, delivered by
+// UDP; then with UDP blocked by a firewall the agent falls back to HTTP and still finishes.
+TEST_F(AgentNetLabTest, UdpCarrierUnderLossAndWhenBlocked) {
+  Publish(8 << 20, 24, 16 << 10);
+  ServerProcess proxy(kDs, dir_.Join("proxy"), dir_.Join("proxy.log"),
+                      {"--role", "proxy", "--upstream", master_->url(), "--udp-port", "0"},
+                      ServerLaunch{lab_->InNs(lab_->server_ns()), lab_->server_ip() + ":0"});
+  ASSERT_FALSE(proxy.url().empty());
+  ASSERT_TRUE(lab_->SetBandwidth(20).ok());
+  auto fresh_install = [&](double loss) {
+    SCOPED_TRACE(::testing::Message() << loss << " % loss");
+    ASSERT_TRUE(lab_->SetLoss(loss).ok());
+    std::filesystem::remove(install_);
+    std::filesystem::remove_all(dir_.Join("state"));
+    WriteAgentConfig(dir_, {proxy.url()}, master_->public_key(), install_, "",
+                     R"({"carrier": "udp"})");
+  };
+  for (double loss : {0.0, 5.0, 10.0, 20.0}) {
+    fresh_install(loss);
+    RunResult up = Agent({"update"});
+    ASSERT_EQ(up.exit_code, 0) << up.err << up.out;
+    EXPECT_EQ(FileSha(install_), Sha(v2_)) << loss;
+    const auto lines = JsonLines(up.out);
+    const json carrier = Last(lines, "carrier");
+    ASSERT_FALSE(carrier.is_null()) << "no UDP session completed at " << loss << " % loss";
+    EXPECT_EQ(carrier["done"], v2_.size());  // Everything came over UDP.
+    const json r = Last(lines, "result");
+    EXPECT_EQ(r["route"], "full");
+    // Datagram bytes: the object, the repair the loss called for, and the headers.
+    EXPECT_LE(r["bytes_fetched"].get<uint64_t>(),
+              static_cast<uint64_t>(v2_.size() * (1.15 + 1.5 * loss / 100)))
+        << loss;
+  }
+  // A firewall that drops UDP: the handshake times out, HTTP fetches everything.
+  ASSERT_TRUE(lab_->BlockUdp(true).ok());
+  fresh_install(0);
+  RunResult up = Agent({"update"});
+  ASSERT_TRUE(lab_->BlockUdp(false).ok());
+  ASSERT_EQ(up.exit_code, 0) << up.err << up.out;
+  EXPECT_EQ(FileSha(install_), Sha(v2_));
+  const json fallback = Last(JsonLines(up.out), "fallback");
+  ASSERT_FALSE(fallback.is_null());
+  EXPECT_NE(fallback["message"].get<std::string>().find("HTTP for the rest"), std::string::npos)
+      << fallback.dump();
+}
+
 // kill -9 at random points of an update, 20 times, then let it finish: the installed file is
 // always the complete old or the complete new version, and the network carried at most 1.2x
 // the delta in total.

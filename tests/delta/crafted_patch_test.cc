@@ -163,9 +163,27 @@ TEST_F(CraftedPatchTest, SegmentsForEmptyResultIsMalformed) {
 }
 
 TEST_F(CraftedPatchTest, UnknownHeaderFlagsAreMalformed) {
+  // Bit 0 (code_regions) is known since 1.1; the next bits are not.
+  for (uint64_t flag : {uint64_t{2}, uint64_t{4}, uint64_t{1} << 40}) {
+    RawPatch p = testing::StoredPatch(old_, neu_, 1000);
+    p.header.flags = flag;
+    EXPECT_EQ(CodeOf(Apply(p)), ErrorCode::kPatchMalformed) << flag;
+  }
+}
+
+TEST_F(CraftedPatchTest, CodeRegionFlagWithEmptyTablesApplies) {
   RawPatch p = testing::StoredPatch(old_, neu_, 1000);
-  p.header.flags = 1;
+  p.header.flags = kFlagCodeRegions;
+  Result<Bytes> out = ApplyPatch(old_, JoinPatch(p));
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_TRUE(*out == neu_);
+}
+
+TEST_F(CraftedPatchTest, TransformWithoutTablesIsMalformed) {
+  RawPatch p = testing::StoredPatch(old_, neu_, 1000);
+  p.segments[2].header.transform = Transform::kX86Branch;
   EXPECT_EQ(CodeOf(Apply(p)), ErrorCode::kPatchMalformed);
+  EXPECT_EQ(CodeOf(InspectPatch(JoinPatch(p))), ErrorCode::kPatchMalformed);
 }
 
 TEST_F(CraftedPatchTest, UnknownAlgorithmIsUnknownMethod) {
@@ -316,7 +334,7 @@ TEST_F(CraftedPatchTest, UnknownMethod) {
 
 TEST_F(CraftedPatchTest, UnknownTransform) {
   RawPatch p = testing::StoredPatch(old_, neu_, 1000);
-  p.segments[2].header.transform = static_cast<Transform>(1);
+  p.segments[2].header.transform = static_cast<Transform>(kMaxTransform + 1);
   EXPECT_EQ(CodeOf(Apply(p)), ErrorCode::kPatchUnknownMethod);
 }
 

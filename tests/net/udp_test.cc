@@ -195,9 +195,21 @@ TEST_F(UdpTest, ErrorsAndServerStop) {
   std::this_thread::sleep_for(Ms(20));
   EXPECT_EQ(ticks.load(), stopped_at);
   first->reset();
-  Server never_started(ServerOptions{});
-  EXPECT_EQ(never_started.OpenUdp(UdpOptions{}, [](const UdpPeer&, ByteView) {}).status().code(),
-            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(server_->OpenUdp(UdpOptions{}, [](const UdpPeer&, ByteView) {}).status().code(),
+            ErrorCode::kInvalidArgument);  // Stopped.
+  // A socket kept past its server's life is harmless.
+  std::shared_ptr<UdpSocket> kept;
+  {
+    Server other(ServerOptions{});
+    auto early = other.OpenUdp(UdpOptions{}, [](const UdpPeer&, ByteView) {});
+    ASSERT_TRUE(early.ok());  // Before Start() too.
+    kept = *early;
+    ASSERT_TRUE(other.Start().ok());
+  }
+  EXPECT_EQ(kept->SendTo(*ParseUdpPeer("127.0.0.1:9"), ByteView()).code(), ErrorCode::kUnavailable);
+  kept->Every(1000, [] { return true; });
+  kept->Close();
+  kept.reset();
 }
 
 }  // namespace

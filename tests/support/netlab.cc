@@ -365,6 +365,25 @@ Status NetLab::SetLoss(double percent) {
   return Status::Ok();
 }
 
+Status NetLab::BlockUdp(bool block) {
+  const std::string table = std::string(kNftTable) + "_udp";
+  std::string rules = "table inet " + table + "\ndelete table inet " + table + "\n";
+  if (block) {
+    rules += "table inet " + table +
+             " {\n"
+             "  chain block {\n"
+             "    type filter hook prerouting priority -300; policy accept;\n"
+             "    iifname \"" +
+             server_dev_ +
+             "\" meta l4proto udp counter drop\n"
+             "  }\n"
+             "}\n";
+  }
+  std::vector<std::string> argv = InNs(server_ns_);
+  argv.insert(argv.end(), {nft_, "-f", "-"});
+  return Run(argv, rules);
+}
+
 std::vector<std::string> NetLab::InNs(const std::string& ns) const {
   return {ip_, "netns", "exec", ns};
 }

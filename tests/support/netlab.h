@@ -54,6 +54,9 @@ class NetLab {
   // the sender sees real loss (a drop in its own output hook would be a local error instead:
   // EPERM for UDP, a silent retry for TCP). Replaces the previous setting; 0 removes it.
   Status SetLoss(double percent);
+  // Drops every UDP datagram arriving in the server namespace (a firewall that lets only TCP
+  // through), or stops doing so.
+  Status BlockUdp(bool block);
 
   // argv prefix that runs a command in |ns|: {"/usr/sbin/ip", "netns", "exec", ns} (the absolute
   // path of ip, so it works with execv and the prefix parameters of process_util.h).

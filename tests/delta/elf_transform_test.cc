@@ -1,0 +1,529 @@
+// The executable transforms (DSPF 1.1 segment transforms, src/delta/branch_filter.h, elf.h):
+// the filters are exact inverses piece by piece, the ELF reader survives hostile headers, and
+// patches between two real builds of a C program (compiled here with g++) are smaller with the
+// transform and rebuild the new binary exactly however the patch is split.
+#include <gtest/gtest.h>
+
+#include <cinttypes>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <ostream>
+#include <random>
+#include <string>
+
+#include "common/byte_writer.h"
+#include "delta/branch_filter.h"
+#include "delta/delta.h"
+#include "delta/delta_gen.h"
+#include "delta/elf.h"
+#include "support/process_util.h"
+#include "support/test_util.h"
+
+namespace ds::delta {
+namespace {
+
+using testing::CodeOf;
+
+// Random bytes with many branch opcodes in them.
+Bytes CodeLikeBytes(size_t n, uint64_t seed) {
+  Bytes b = testing::RandomBytes(n, seed);
+  std::mt19937_64 rng(seed);
+  for (size_t i = 0; i + 6 < n; i += 1 + rng() % 12) {
+    switch (rng() % 4) {
+      case 0:
+        b[i] = 0xE8;
+        break;
+      case 1:
+        b[i] = 0xE9;
+        break;
+      case 2:
+        b[i] = 0x0F;
+        b[i + 1] = 0x80 | (rng() & 15);
+        break;
+      default:
+        b[i + 3] = 0x94;
+        break;  // An AArch64 BL's top byte (little-endian word).
+    }
+  }
+  return b;
+}
+
+TEST(BranchFilterTest, InverseUndoesForwardForBothMachines) {
+  const Bytes data = CodeLikeBytes(300000, 1);
+  const std::vector<CodeRegion> regions = {
+      {100, 70000, 0x401000}, {70100, 3, 0x500000}, {80000, 200000, 0xffffffff00000003ull}};
+  ASSERT_TRUE(ValidateCodeRegions(regions, data.size()).ok());
+  for (Transform t : {Transform::kX86Branch, Transform::kArm64Branch}) {
+    Bytes f = data;
+    ApplyBranchFilter(t, regions, 0, f, true);
+    EXPECT_NE(f, data) << TransformName(t);
+    // Outside the regions nothing changes.
+    EXPECT_TRUE(std::equal(f.begin(), f.begin() + 100, data.begin()));
+    EXPECT_TRUE(std::equal(f.begin() + 280000, f.end(), data.begin() + 280000));
+    ApplyBranchFilter(t, regions, 0, f, false);
+    EXPECT_EQ(f, data) << TransformName(t);
+  }
+}
+
+TEST(BranchFilterTest, WholeBlocksGiveTheWholeFileResult) {
+  // The applier filters the old file block by block; the generator filters it whole.
+  const Bytes data = CodeLikeBytes(5 * kFilterBlockSize + 1234, 2);
+  const std::vector<CodeRegion> regions = {{17, 3 * kFilterBlockSize, 0x1000},
+                                           {4 * kFilterBlockSize - 5, kFilterBlockSize, 77}};
+  for (Transform t : {Transform::kX86Branch, Transform::kArm64Branch}) {
+    Bytes whole = data;
+    ApplyBranchFilter(t, regions, 0, whole, true);
+    Bytes blocks = data;
+    for (uint64_t at = 0; at < blocks.size(); at += kFilterBlockSize) {
+      const size_t n = std::min<uint64_t>(kFilterBlockSize, blocks.size() - at);
+      ApplyBranchFilter(t, regions, at, std::span<uint8_t>(blocks.data() + at, n), true);
+    }
+    EXPECT_EQ(whole, blocks);
+  }
+}
+
+TEST(BranchFilterTest, SegmentCutsAreInvertedPieceByPiece) {
+  // A new file filtered per segment (any cut points) is restored by the inverse per segment.
+  const Bytes data = CodeLikeBytes(200000, 3);
+  const std::vector<CodeRegion> regions = {{0, data.size(), 0x400000}};
+  for (uint64_t seg : {1u, 5u, 4095u, 70001u}) {
+    Bytes f = data;
+    for (uint64_t at = 0; at < f.size(); at += seg) {
+      const size_t n = std::min<uint64_t>(seg, f.size() - at);
+      ApplyBranchFilter(Transform::kX86Branch, regions, at, std::span<uint8_t>(f.data() + at, n),
+                        true);
+    }
+    for (uint64_t at = 0; at < f.size(); at += seg) {
+      const size_t n = std::min<uint64_t>(seg, f.size() - at);
+      ApplyBranchFilter(Transform::kX86Branch, regions, at, std::span<uint8_t>(f.data() + at, n),
+                        false);
+    }
+    EXPECT_EQ(f, data) << "segment size " << seg;
+  }
+}
+
+TEST(BranchFilterTest, SameTargetGivesSameBytes) {
+  // Two calls to one target from different places become identical after the filter.
+  Bytes code(64, 0x90);
+  auto put_call = [&](size_t at, uint32_t target) {
+    code[at] = 0xE8;
+    const uint32_t rel = target - static_cast<uint32_t>(0x1000 + at + 5);
+    std::memcpy(code.data() + at + 1, &rel, 4);
+  };
+  put_call(3, 0x2345);
+  put_call(40, 0x2345);
+  ApplyBranchFilter(Transform::kX86Branch, {{0, code.size(), 0x1000}}, 0, code, true);
+  EXPECT_TRUE(std::equal(code.begin() + 3, code.begin() + 8, code.begin() + 40));
+}
+
+TEST(BranchFilterTest, RejectsBadRegions) {
+  EXPECT_EQ(CodeOf(ValidateCodeRegions({{0, 0, 0}}, 10)), ErrorCode::kPatchMalformed);
+  EXPECT_EQ(CodeOf(ValidateCodeRegions({{5, 6, 0}}, 10)), ErrorCode::kPatchMalformed);
+  EXPECT_EQ(CodeOf(ValidateCodeRegions({{0, 5, 0}, {4, 2, 0}}, 10)), ErrorCode::kPatchMalformed);
+  EXPECT_EQ(CodeOf(ValidateCodeRegions({{~0ull, 2, 0}}, 10)), ErrorCode::kPatchMalformed);
+  std::vector<CodeRegion> many;
+  for (uint64_t i = 0; i <= kMaxCodeRegions; ++i) many.push_back({i, 1, 0});
+  EXPECT_EQ(CodeOf(ValidateCodeRegions(many, 1000)), ErrorCode::kPatchMalformed);
+  EXPECT_TRUE(ValidateCodeRegions({{0, 5, 0}, {5, 5, 9}}, 10).ok());
+}
+
+// A C program with many small functions calling each other; |variant| 1 inserts a function in
+// the middle and changes a constant, so most code after it moves. |freestanding|: no libc (for
+// the cross-compiled AArch64 build, linked with -nostdlib).
+std::string ProgramSource(int variant, int functions, bool freestanding = false) {
+  std::string s = freestanding ? "" : "#include <stdio.h>\n#include <string.h>\n";
+  s += "volatile int sink = 1;\nint table[64] = {1, 2, 3};\n";
+  for (int i = 0; i < functions; ++i) {
+    if (variant == 1 && i == functions / 3) {
+      s += "__attribute__((noinline)) int inserted(int x) { int a = x; for (int k = 0; k < x; "
+           "++k) { a = a * 31 + k; if (a & 64) sink = a; else ";
+      s += freestanding ? "table[k & 63] = a;" : "printf(\"%d\\n\", a);";
+      s += " } return a ^ 0x5a5a; }\n";
+    }
+    s += "__attribute__((noinline)) int f" + std::to_string(i) + "(int x) {\n";
+    s += "  if (x <= 0) return " + std::to_string(i * 7 + (variant == 1 && i == functions / 2)) +
+         ";\n";
+    if (i > 0) {
+      s += "  int y = f" + std::to_string(i - 1) + "(x - 1);\n";
+      s += "  if (y & 1) y += f" + std::to_string(i / 2) + "(x - 2);\n";
+      s += "  if (y & 2) sink = f" + std::to_string(i / 3) + "(x - 3);\n";
+      s += "  if (y & 4) y ^= f" + std::to_string((i * 7) / 8) + "(x - 4);\n";
+      s += "  table[" + std::to_string(i % 64) + "] += y;\n";
+    } else {
+      s += "  int y = x;\n";
+    }
+    if (variant == 1 && i == functions / 3 + 1) s += "  y += inserted(x);\n";
+    s += "  return y * " + std::to_string(3 + i % 5) + " + " +
+         (freestanding ? std::to_string(i % 13) : "(int)strlen(\"s" + std::to_string(i) + "\")") +
+         ";\n}\n";
+  }
+  if (freestanding) {
+    s += "void _start(void) { sink = f" + std::to_string(functions - 1) + "(sink); for (;;) {} }\n";
+  } else {
+    s += "int main(int argc, char** argv) { return f" + std::to_string(functions - 1) +
+         "(argc) & 0x7f; }\n";
+  }
+  return s;
+}
+
+struct Builds {
+  Bytes old_bin, new_bin;
+  bool ok = false;
+};
+
+// Compiles both versions with |compiler| (as C) into |dir|.
+Builds CompileTwoVersions(const testing::TempDir& dir, const std::string& flags,
+                          const std::string& compiler = "g++ -x c", bool freestanding = false) {
+  Builds b;
+  for (int v = 0; v < 2; ++v) {
+    const std::string src = dir.Join("prog" + std::to_string(v) + ".c");
+    const std::string bin = dir.Join("prog" + std::to_string(v));
+    testing::WriteFileOrDie(src, AsBytes(ProgramSource(v, 500, freestanding)));
+    const std::string cmd =
+        compiler + " " + flags + " -o " + bin + " " + src + " 2>" + dir.Join("cc.log");
+    if (std::system(cmd.c_str()) != 0) return b;
+    (v == 0 ? b.old_bin : b.new_bin) = testing::ReadFileOrDie(bin);
+  }
+  b.ok = true;
+  return b;
+}
+
+GenerateOptions PlainCopyDiffOptions(bool transforms) {
+  GenerateOptions o;
+  o.try_zstd_ref = false;  // Compare the copy/diff encodings themselves.
+  o.try_transforms = transforms;
+  o.segment_size = 64 << 10;
+  o.threads = 2;
+  return o;
+}
+
+uint64_t TransformSegments(ByteView patch, Transform t) {
+  Result<PatchInfo> info = InspectPatch(patch);
+  EXPECT_TRUE(info.ok()) << info.status().ToString();
+  if (!info.ok()) return 0;
+  uint64_t n = 0;
+  for (const SegmentInfo& s : info->segments) n += s.header.transform == t;
+  return n;
+}
+
+// Compiler flags, and whether the transform must win on that build. It does where code moved
+// and references kept their targets (-O0/-O1/-Os PIE: calls and RIP-relative data); non-PIE
+// builds address data with absolute immediates (not transformed) and -O2 clones and reorders
+// functions when a constant changes, so there it need only never lose.
+struct BuildCase {
+  std::string flags;
+  bool must_win;
+};
+void PrintTo(const BuildCase& c, std::ostream* os) { *os << c.flags; }
+class CompiledElfTest : public ::testing::TestWithParam<BuildCase> {};
+
+TEST_P(CompiledElfTest, TransformedPatchIsSmallerAndRoundTrips) {
+  testing::TempDir dir;
+  const Builds b = CompileTwoVersions(dir, GetParam().flags);
+  ASSERT_TRUE(b.ok) << "g++ failed: "
+                    << std::string(testing::ReadFileOrDie(dir.Join("cc.log")).begin(),
+                                   testing::ReadFileOrDie(dir.Join("cc.log")).end());
+  Result<ElfCode> code = ParseElfCode(b.new_bin);
+  ASSERT_TRUE(code.ok()) << code.status().ToString();
+  EXPECT_EQ(code->machine, kElfMachineX86_64);
+  ASSERT_FALSE(code->regions.empty());
+  EXPECT_TRUE(ValidateCodeRegions(code->regions, b.new_bin.size()).ok());
+
+  GenerateStats plain_stats, tr_stats;
+  Result<Bytes> plain =
+      GeneratePatch(b.old_bin, b.new_bin, PlainCopyDiffOptions(false), &plain_stats);
+  Result<Bytes> tr = GeneratePatch(b.old_bin, b.new_bin, PlainCopyDiffOptions(true), &tr_stats);
+  ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+  ASSERT_TRUE(tr.ok()) << tr.status().ToString();
+  std::printf("binary %zu -> %zu B: plain patch %zu B, transformed %zu B (%" PRIu64
+              " segments, saved %" PRIu64 " B)\n",
+              b.old_bin.size(), b.new_bin.size(), plain->size(), tr->size(),
+              tr_stats.transform_segments, tr_stats.transform_saved_bytes);
+  EXPECT_LE(tr->size(), plain->size());
+  EXPECT_EQ(plain_stats.transform_segments, 0u);
+  if (GetParam().must_win) {
+    EXPECT_LT(tr->size(), plain->size());
+    EXPECT_GT(tr_stats.transform_segments, 0u);
+    EXPECT_GT(tr_stats.transform_saved_bytes, 0u);
+    EXPECT_GT(TransformSegments(*tr, Transform::kX86Branch), 0u);
+  }
+  Result<PatchInfo> info = InspectPatch(*tr);
+  ASSERT_TRUE(info.ok());
+  if (tr_stats.transform_segments > 0) {
+    EXPECT_EQ(info->header.flags, kFlagCodeRegions);
+    EXPECT_EQ(info->header.minor, 1);
+    EXPECT_EQ(info->header.new_regions, code->regions);
+    EXPECT_EQ(info->header.transform_saved, tr_stats.transform_saved_bytes);
+  } else {
+    EXPECT_EQ(info->header.flags, 0u);
+  }
+  // Without transforms a patch stays readable by 1.0 readers: no flags.
+  Result<PatchInfo> plain_info = InspectPatch(*plain);
+  ASSERT_TRUE(plain_info.ok());
+  EXPECT_EQ(plain_info->header.flags, 0u);
+
+  Result<Bytes> out = ApplyPatch(b.old_bin, *tr);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_TRUE(*out == b.new_bin);
+  // Split-input invariance.
+  for (const std::vector<size_t>& chunks :
+       std::vector<std::vector<size_t>>{{1}, {7, 3, 1000}, {4096}, {65537}}) {
+    Result<Bytes> split = testing::ApplyInChunks(b.old_bin, *tr, chunks);
+    ASSERT_TRUE(split.ok()) << split.status().ToString();
+    EXPECT_TRUE(*split == b.new_bin);
+  }
+  // Default options (every candidate): never larger than without the transform, and exact.
+  GenerateOptions d;
+  d.threads = 2;
+  Result<Bytes> full = GeneratePatch(b.old_bin, b.new_bin, d);
+  d.try_transforms = false;
+  Result<Bytes> full_plain = GeneratePatch(b.old_bin, b.new_bin, d);
+  ASSERT_TRUE(full.ok() && full_plain.ok());
+  EXPECT_LE(full->size(), full_plain->size());
+  Result<Bytes> full_out = ApplyPatch(b.old_bin, *full);
+  ASSERT_TRUE(full_out.ok()) << full_out.status().ToString();
+  EXPECT_TRUE(*full_out == b.new_bin);
+}
+
+INSTANTIATE_TEST_SUITE_P(Flags, CompiledElfTest,
+                         ::testing::Values(BuildCase{"-O0", true}, BuildCase{"-O1", true},
+                                           BuildCase{"-Os", true},
+                                           BuildCase{"-O0 -no-pie -fno-pie", false},
+                                           BuildCase{"-O2 -fno-inline", false}));
+
+TEST(CompiledElfTest, FileApplyStreamsWithTransform) {
+  testing::TempDir dir;
+  const Builds b = CompileTwoVersions(dir, "-Os");
+  ASSERT_TRUE(b.ok);
+  Result<Bytes> tr = GeneratePatch(b.old_bin, b.new_bin, PlainCopyDiffOptions(true));
+  ASSERT_TRUE(tr.ok());
+  ASSERT_GT(TransformSegments(*tr, Transform::kX86Branch), 0u);
+  testing::WriteFileOrDie(dir.Join("old"), b.old_bin);
+  testing::WriteFileOrDie(dir.Join("patch"), *tr);
+  ASSERT_TRUE(ApplyPatchFile(dir.Join("old"), dir.Join("patch"), dir.Join("new")).ok());
+  EXPECT_TRUE(testing::ReadFileOrDie(dir.Join("new")) == b.new_bin);
+  // A damaged transformed segment is caught by its checksum, nothing is written.
+  Bytes bad = *tr;
+  bad[bad.size() - 3] ^= 0x40;
+  testing::WriteFileOrDie(dir.Join("bad"), bad);
+  EXPECT_FALSE(ApplyPatchFile(dir.Join("old"), dir.Join("bad"), dir.Join("new2")).ok());
+}
+
+// AArch64, cross-compiled with clang and lld when they are installed (skipped otherwise).
+TEST(CompiledElfTest, Arm64TransformRoundTrips) {
+  if (std::system("command -v clang >/dev/null 2>&1 && command -v ld.lld >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "clang or ld.lld not installed";
+  }
+  testing::TempDir dir;
+  const Builds b =
+      CompileTwoVersions(dir, "-O2 -fno-inline -nostdlib -static -fuse-ld=lld",
+                         "clang --target=aarch64-linux-gnu -x c", /*freestanding=*/true);
+  if (!b.ok) GTEST_SKIP() << "clang cannot build for aarch64 here";
+  Result<ElfCode> code = ParseElfCode(b.new_bin);
+  ASSERT_TRUE(code.ok()) << code.status().ToString();
+  EXPECT_EQ(code->machine, kElfMachineAarch64);
+  EXPECT_EQ(TransformForMachine(code->machine), Transform::kArm64Branch);
+  GenerateStats plain_stats, tr_stats;
+  Result<Bytes> plain =
+      GeneratePatch(b.old_bin, b.new_bin, PlainCopyDiffOptions(false), &plain_stats);
+  Result<Bytes> tr = GeneratePatch(b.old_bin, b.new_bin, PlainCopyDiffOptions(true), &tr_stats);
+  ASSERT_TRUE(plain.ok() && tr.ok());
+  std::printf("aarch64 %zu -> %zu B: plain patch %zu B, transformed %zu B (%" PRIu64 " segments)\n",
+              b.old_bin.size(), b.new_bin.size(), plain->size(), tr->size(),
+              tr_stats.transform_segments);
+  EXPECT_LT(tr->size(), plain->size());
+  EXPECT_GT(TransformSegments(*tr, Transform::kArm64Branch), 0u);
+  for (const std::vector<size_t>& chunks :
+       std::vector<std::vector<size_t>>{{1}, {333}, {1 << 20}}) {
+    Result<Bytes> out = testing::ApplyInChunks(b.old_bin, *tr, chunks);
+    ASSERT_TRUE(out.ok()) << out.status().ToString();
+    EXPECT_TRUE(*out == b.new_bin);
+  }
+}
+
+// --- Hostile ELF input -------------------------------------------------------------------
+
+void Put16(Bytes* b, size_t at, uint16_t v) { std::memcpy(b->data() + at, &v, 2); }
+void Put64(Bytes* b, size_t at, uint64_t v) { std::memcpy(b->data() + at, &v, 8); }
+
+// Checks the reader's promises on |file| and that patches to and from it still round-trip.
+void ExpectSafe(const Bytes& file, const Bytes& other) {
+  Result<ElfCode> code = ParseElfCode(file);
+  if (code.ok()) {
+    EXPECT_TRUE(ValidateCodeRegions(code->regions, file.size()).ok());
+  } else {
+    EXPECT_TRUE(CodeOf(code) == ErrorCode::kUnsupported ||
+                CodeOf(code) == ErrorCode::kInvalidArgument);
+  }
+  GenerateOptions o = PlainCopyDiffOptions(true);
+  for (int dir = 0; dir < 2; ++dir) {
+    const Bytes& a = dir ? file : other;
+    const Bytes& b = dir ? other : file;
+    Result<Bytes> p = GeneratePatch(a, b, o);
+    ASSERT_TRUE(p.ok()) << p.status().ToString();
+    Result<Bytes> out = ApplyPatch(a, *p);
+    ASSERT_TRUE(out.ok()) << out.status().ToString();
+    EXPECT_TRUE(*out == b);
+  }
+}
+
+TEST(HostileElfTest, MalformedHeadersAreSafe) {
+  testing::TempDir dir;
+  const Builds b = CompileTwoVersions(dir, "-O2");
+  ASSERT_TRUE(b.ok);
+  const Bytes& good = b.new_bin;
+  uint64_t shoff;
+  uint16_t shnum;
+  std::memcpy(&shoff, good.data() + 0x28, 8);
+  std::memcpy(&shnum, good.data() + 0x3C, 2);
+  ASSERT_GT(shnum, 2);
+  std::vector<Bytes> bad;
+  bad.push_back(Bytes(good.begin(), good.begin() + 40));  // Truncated header.
+  bad.push_back(Bytes(good.begin(), good.begin() + 64));  // Header only.
+  {
+    Bytes x = good;
+    Put64(&x, 0x28, ~0ull - 10);
+    bad.push_back(x);
+  }  // shoff overflows.
+  {
+    Bytes x = good;
+    Put64(&x, 0x28, good.size() - 10);
+    bad.push_back(x);
+  }  // shoff near end.
+  {
+    Bytes x = good;
+    Put16(&x, 0x3A, 8);
+    bad.push_back(x);
+  }  // shentsize too small.
+  {
+    Bytes x = good;
+    Put16(&x, 0x3C, 0xFFFF);
+    bad.push_back(x);
+  }  // shnum past the file.
+  {
+    Bytes x = good;
+    Put16(&x, 0x3C, 0);
+    bad.push_back(x);
+  }  // Extended count from section 0.
+  {
+    Bytes x = good;
+    Put64(&x, 0x20, ~0ull);
+    Put64(&x, 0x28, 0);
+    bad.push_back(x);
+  }  // phoff.
+  {
+    // Every section executable, at bogus or overlapping offsets and absurd sizes.
+    Bytes x = good;
+    for (uint16_t i = 0; i < shnum; ++i) {
+      const size_t sh = shoff + 64ull * i;
+      Put64(&x, sh + 8, 0x6);                           // flags: ALLOC | EXECINSTR
+      std::memcpy(x.data() + sh + 4, "\x01\0\0\0", 4);  // PROGBITS
+      Put64(&x, sh + 24, i % 3 == 0 ? ~0ull - i : 100 + i * 3);
+      Put64(&x, sh + 32, i % 2 ? ~0ull / 2 : 5000 + i);
+    }
+    bad.push_back(x);
+  }
+  {
+    Bytes x = good;
+    x[4] = 1;  // ELF32: not supported, plain bytes.
+    bad.push_back(x);
+  }
+  for (size_t i = 0; i < bad.size(); ++i) {
+    SCOPED_TRACE("case " + std::to_string(i));
+    ExpectSafe(bad[i], b.old_bin);
+  }
+}
+
+TEST(HostileElfTest, RandomMutationsNeverEscapeTheFile) {
+  testing::TempDir dir;
+  const Builds b = CompileTwoVersions(dir, "-O1");
+  ASSERT_TRUE(b.ok);
+  std::mt19937_64 rng(5);
+  const Bytes head(b.new_bin.begin(), b.new_bin.begin() + 64);
+  uint64_t shoff;
+  std::memcpy(&shoff, b.new_bin.data() + 0x28, 8);
+  for (int iter = 0; iter < 3000; ++iter) {
+    Bytes x = b.new_bin;
+    const int flips = 1 + rng() % 8;
+    for (int k = 0; k < flips; ++k) {
+      // Mostly in the ELF header and the section table.
+      const size_t at = rng() % 2 ? rng() % 64 : shoff + rng() % (x.size() - shoff);
+      x[at] = static_cast<uint8_t>(rng());
+    }
+    if (rng() % 4 == 0) x.resize(rng() % x.size());
+    Result<ElfCode> code = ParseElfCode(x);
+    if (code.ok()) ASSERT_TRUE(ValidateCodeRegions(code->regions, x.size()).ok());
+  }
+}
+
+// --- Crafted transformed patches ---------------------------------------------------------
+
+TEST(TransformPatchTest, HostileRegionTablesAreMalformed) {
+  testing::TempDir dir;
+  const Builds b = CompileTwoVersions(dir, "-Os");
+  ASSERT_TRUE(b.ok);
+  Result<Bytes> tr = GeneratePatch(b.old_bin, b.new_bin, PlainCopyDiffOptions(true));
+  ASSERT_TRUE(tr.ok());
+  testing::RawPatch raw = testing::SplitPatch(*tr);
+  ASSERT_FALSE(raw.header.new_regions.empty());
+  {
+    testing::RawPatch p = raw;
+    p.header.new_regions.back().length = b.new_bin.size();  // Past the end.
+    EXPECT_EQ(CodeOf(ApplyPatch(b.old_bin, testing::JoinPatch(p))), ErrorCode::kPatchMalformed);
+    EXPECT_EQ(CodeOf(InspectPatch(testing::JoinPatch(p))), ErrorCode::kPatchMalformed);
+  }
+  {
+    testing::RawPatch p = raw;
+    p.header.old_regions.push_back(p.header.old_regions.front());  // Unsorted, overlapping.
+    EXPECT_EQ(CodeOf(ApplyPatch(b.old_bin, testing::JoinPatch(p))), ErrorCode::kPatchMalformed);
+  }
+  ASSERT_FALSE(raw.header.address_map.empty());
+  {
+    testing::RawPatch p = raw;
+    p.header.address_map.push_back({b.old_bin.size() - 1, 5, 0});  // Past the old file.
+    EXPECT_EQ(CodeOf(ApplyPatch(b.old_bin, testing::JoinPatch(p))), ErrorCode::kPatchMalformed);
+  }
+  {
+    testing::RawPatch p = raw;
+    p.header.address_map.back().delta = static_cast<int64_t>(b.new_bin.size());  // Image outside.
+    EXPECT_EQ(CodeOf(ApplyPatch(b.old_bin, testing::JoinPatch(p))), ErrorCode::kPatchMalformed);
+  }
+  {
+    // Tables that fail their checksum.
+    Bytes bad = *tr;
+    Result<PatchInfo> info = InspectPatch(bad);
+    ASSERT_TRUE(info.ok());
+    bad[info->header_size - 2] ^= 1;
+    EXPECT_EQ(CodeOf(ApplyPatch(b.old_bin, bad)), ErrorCode::kPatchChecksum);
+  }
+  {
+    testing::RawPatch p = raw;
+    p.header.flags = 2;  // Unknown flag.
+    EXPECT_EQ(CodeOf(ApplyPatch(b.old_bin, testing::JoinPatch(p))), ErrorCode::kPatchMalformed);
+  }
+  {
+    testing::RawPatch p = raw;
+    for (auto& s : p.segments) {
+      if (s.header.transform != Transform::kNone) s.header.transform = static_cast<Transform>(3);
+    }
+    EXPECT_EQ(CodeOf(ApplyPatch(b.old_bin, testing::JoinPatch(p))), ErrorCode::kPatchUnknownMethod);
+  }
+  {
+    // Wrong regions that still validate: the rebuilt bytes fail their checksum.
+    testing::RawPatch p = raw;
+    for (CodeRegion& r : p.header.new_regions) r.vaddr += 16;
+    EXPECT_EQ(CodeOf(ApplyPatch(b.old_bin, testing::JoinPatch(p))),
+              ErrorCode::kPatchOutputMismatch);
+  }
+  {
+    // A transformed segment read as untransformed fails too.
+    testing::RawPatch p = raw;
+    for (auto& s : p.segments) s.header.transform = Transform::kNone;
+    EXPECT_EQ(CodeOf(ApplyPatch(b.old_bin, testing::JoinPatch(p))),
+              ErrorCode::kPatchOutputMismatch);
+  }
+}
+
+}  // namespace
+}  // namespace ds::delta
