@@ -622,6 +622,7 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
     header.address_map = tc.address_map;
   } else {
     st.transform_saved_bytes = 0;
+    header.minor = 0;  // Nothing of 1.1 is used: the patch says it is a plain 1.0 patch.
   }
   header.transform_saved = st.transform_saved_bytes;
   for (EncodedSegment& seg : plan.segments) {

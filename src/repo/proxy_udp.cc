@@ -71,13 +71,18 @@ class UdpCarrier::Impl : public std::enable_shared_from_this<UdpCarrier::Impl> {
     DS_ASSIGN_OR_RETURN(socket_, server->OpenUdp(o, [weak](const net::UdpPeer& from, ByteView d) {
       if (auto self = weak.lock()) self->OnDatagram(from, d);
     }));
+    return Status::Ok();
+  }
+
+  // The pacing timer runs only while sessions exist (an idle proxy does not wake up).
+  void StartTickingLocked() {
+    if (ticking_) return;
+    ticking_ = true;
+    std::weak_ptr<Impl> weak = weak_from_this();
     socket_->Every(kTickMicros, [weak] {
       auto self = weak.lock();
-      if (!self) return false;
-      self->Tick();
-      return true;
+      return self && self->Tick();
     });
-    return Status::Ok();
   }
 
   // POST /v1/udp/sessions {"object": sha, "chunk_map": sha, "first": n, "last": n}
@@ -166,6 +171,7 @@ class UdpCarrier::Impl : public std::enable_shared_from_this<UdpCarrier::Impl> {
       std::lock_guard<std::mutex> lock(mu_);
       sessions_[params.session_id] = std::move(sender).value();
       ++stats_.sessions_opened;
+      StartTickingLocked();
     }
     const json answer{{"session_id", std::to_string(params.session_id)},
                       {"key", ToHex(ByteView(params.key.data(), params.key.size()))},
@@ -204,7 +210,8 @@ class UdpCarrier::Impl : public std::enable_shared_from_this<UdpCarrier::Impl> {
     FlushLocked(now, *it->second);
   }
 
-  void Tick() {
+  // False (the timer stops) once no session is left.
+  bool Tick() {
     std::lock_guard<std::mutex> lock(mu_);
     const fec::Micros now = NowMicros();
     for (auto it = sessions_.begin(); it != sessions_.end();) {
@@ -220,6 +227,8 @@ class UdpCarrier::Impl : public std::enable_shared_from_this<UdpCarrier::Impl> {
       }
       ++it;
     }
+    if (sessions_.empty()) ticking_ = false;
+    return ticking_;
   }
 
   void FlushLocked(fec::Micros now, fec::UdpSender& s) {
@@ -238,6 +247,7 @@ class UdpCarrier::Impl : public std::enable_shared_from_this<UdpCarrier::Impl> {
   std::shared_ptr<net::UdpSocket> socket_;
   mutable std::mutex mu_;
   std::map<uint64_t, std::unique_ptr<fec::UdpSender>> sessions_;
+  bool ticking_ = false;  // The pacing timer is armed.
   UdpCarrierStats stats_;
 };
 

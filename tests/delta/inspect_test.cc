@@ -49,7 +49,7 @@ TEST(InspectPatchTest, DescribesHeader) {
   ASSERT_TRUE(info.ok()) << info.status().ToString();
   const FileHeader& h = info->header;
   EXPECT_EQ(h.major, kFormatMajor);
-  EXPECT_EQ(h.minor, kFormatMinor);
+  EXPECT_EQ(h.minor, 0);  // No transform used: written as a 1.0 patch.
   EXPECT_EQ(h.algorithm, Algorithm::kGeneric);
   EXPECT_EQ(h.old_size, f.old_bytes.size());
   EXPECT_EQ(h.new_size, f.new_bytes.size());
