@@ -286,51 +286,65 @@ TEST_F(AgentTest, ASecondAgentOnTheSameStateIsRefused) {
   EXPECT_EQ(FileSha(install_), Sha(v1_));
 }
 
+// Three versions of "app" on a master that makes deltas only between neighbours
+// (--delta-history 1): no 1.0.0 -> 3.0.0 delta exists. v3 carries more edits on top of v2's.
+class ThreeVersionsTest : public ::testing::Test {
+ protected:
+  void Publish(uint64_t seed12, uint64_t seed3) {
+    std::tie(v1_, v2_) = MakeVersions(4 << 20, 24, 16 << 10, seed12);
+    v3_ = v2_;
+    std::mt19937_64 rng(seed3);
+    for (int e = 0; e < 16; ++e) {
+      const size_t at = rng() % (v3_.size() - (8 << 10));
+      for (size_t k = 0; k < (8u << 10); ++k) v3_[at + k] = static_cast<uint8_t>(rng());
+    }
+    master_ = std::make_unique<ServerProcess>(kDs, dir_.Join("master"), dir_.Join("master.log"),
+                                              std::vector<std::string>{"--delta-history", "1"});
+    ASSERT_FALSE(master_->url().empty());
+    int n = 0;
+    for (const Bytes* v : {&v1_, &v2_, &v3_}) {
+      const std::string file = dir_.Join("v" + std::to_string(++n));
+      WriteExecutable(file, *v);
+      RunResult r = RunProgram(
+          kDs, dir_,
+          {"publish", "--server", master_->url(), "--token-file", dir_.Join("master/admin.token"),
+           "--artifact", "app", "--version", std::to_string(n) + ".0.0", file, "--wait"});
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+    }
+    Result<Bytes> key = ReadFile(dir_.Join("master/keys/signing.pub"));
+    ASSERT_TRUE(key.ok());
+    public_key_.assign(key->begin(), key->end());
+    while (!public_key_.empty() && public_key_.back() == '\n') public_key_.pop_back();
+    install_ = dir_.Join("installed-app");
+    WriteExecutable(install_, v1_);
+  }
+
+  TempDir dir_;
+  Bytes v1_, v2_, v3_;
+  std::unique_ptr<ServerProcess> master_;
+  std::string public_key_, install_;
+};
+
 // The whole chain: a master that keeps deltas from the previous version only, a proxy in front
 // of it, and a device two versions behind. The proxy makes the missing delta on demand (the agent
 // waits out its Retry-After), the agent takes it as an unsigned delta and installs the result
 // only because it matches the signed hash.
-TEST(AgentSystemTest, TakesAProxysOnDemandDelta) {
-  TempDir dir;
-  Bytes v1, v2, v3;
-  std::tie(v1, v2) = MakeVersions(4 << 20, 24, 16 << 10, 11);
-  v3 = v2;  // v3: more edits on top of v2's, so no v1 -> v3 delta exists on the master.
-  std::mt19937_64 rng(99);
-  for (int e = 0; e < 16; ++e) {
-    const size_t at = rng() % (v3.size() - (8 << 10));
-    for (size_t k = 0; k < (8u << 10); ++k) v3[at + k] = static_cast<uint8_t>(rng());
-  }
-  ServerProcess master(kDs, dir.Join("master"), dir.Join("master.log"), {"--delta-history", "1"});
-  ASSERT_FALSE(master.url().empty());
-  int n = 0;
-  for (const Bytes* v : {&v1, &v2, &v3}) {
-    const std::string file = dir.Join("v" + std::to_string(++n));
-    WriteExecutable(file, *v);
-    RunResult r = RunProgram(
-        kDs, dir,
-        {"publish", "--server", master.url(), "--token-file", dir.Join("master/admin.token"),
-         "--artifact", "app", "--version", std::to_string(n) + ".0.0", file, "--wait"});
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-  }
-  ServerProcess proxy(kDs, dir.Join("proxy"), dir.Join("proxy.log"),
-                      {"--role", "proxy", "--upstream", master.url()});
+TEST_F(ThreeVersionsTest, TakesAProxysOnDemandDelta) {
+  Publish(11, 99);
+  ServerProcess proxy(kDs, dir_.Join("proxy"), dir_.Join("proxy.log"),
+                      {"--role", "proxy", "--upstream", master_->url()});
   ASSERT_FALSE(proxy.url().empty());
-  Result<Bytes> key = ReadFile(dir.Join("master/keys/signing.pub"));
-  ASSERT_TRUE(key.ok());
-  std::string pub(key->begin(), key->end());
-  while (!pub.empty() && pub.back() == '\n') pub.pop_back();
-  const std::string install = dir.Join("installed-app");
-  WriteExecutable(install, v1);
-  WriteAgentConfig(dir, {proxy.url()}, pub, install);
-  RunResult up = RunProgram(kAgent, dir, {"--config", dir.Join("agent.json"), "--json", "update"});
+  WriteAgentConfig(dir_, {proxy.url()}, public_key_, install_);
+  RunResult up =
+      RunProgram(kAgent, dir_, {"--config", dir_.Join("agent.json"), "--json", "update"});
   ASSERT_EQ(up.exit_code, 0) << up.err << up.out;
-  EXPECT_EQ(FileSha(install), Sha(v3));
+  EXPECT_EQ(FileSha(install_), Sha(v3_));
   const auto lines = JsonLines(up.out);
   const json result = Last(lines, "result");
   EXPECT_EQ(result["route"], "delta");
   EXPECT_EQ(result["from"], "1.0.0");
   EXPECT_EQ(result["to"], "3.0.0");
-  EXPECT_LT(result["bytes_fetched"].get<uint64_t>(), v3.size() / 2);
+  EXPECT_LT(result["bytes_fetched"].get<uint64_t>(), v3_.size() / 2);
   const std::string route = Last(lines, "route")["message"];
   EXPECT_NE(route.find("unsigned delta (on-demand)"), std::string::npos) << route;
 }
@@ -338,60 +352,36 @@ TEST(AgentSystemTest, TakesAProxysOnDemandDelta) {
 // Three versions, deltas only between neighbours, no on-demand deltas at the proxy: a device two
 // versions behind gets a chain of the two signed deltas instead of the full artifact, applies
 // them in turn (each intermediate verified against its signed hash) and installs the last.
-TEST(AgentSystemTest, TakesAChainOfSignedDeltas) {
-  TempDir dir;
-  Bytes v1, v2, v3;
-  std::tie(v1, v2) = MakeVersions(4 << 20, 24, 16 << 10, 21);
-  v3 = v2;
-  std::mt19937_64 rng(98);
-  for (int e = 0; e < 16; ++e) {
-    const size_t at = rng() % (v3.size() - (8 << 10));
-    for (size_t k = 0; k < (8u << 10); ++k) v3[at + k] = static_cast<uint8_t>(rng());
-  }
-  ServerProcess master(kDs, dir.Join("master"), dir.Join("master.log"), {"--delta-history", "1"});
-  ASSERT_FALSE(master.url().empty());
-  int n = 0;
-  for (const Bytes* v : {&v1, &v2, &v3}) {
-    const std::string file = dir.Join("v" + std::to_string(++n));
-    WriteExecutable(file, *v);
-    RunResult r = RunProgram(
-        kDs, dir,
-        {"publish", "--server", master.url(), "--token-file", dir.Join("master/admin.token"),
-         "--artifact", "app", "--version", std::to_string(n) + ".0.0", file, "--wait"});
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-  }
-  ServerProcess proxy(kDs, dir.Join("proxy"), dir.Join("proxy.log"),
-                      {"--role", "proxy", "--upstream", master.url(), "--ondemand-workers", "0"});
+TEST_F(ThreeVersionsTest, TakesAChainOfSignedDeltas) {
+  Publish(21, 98);
+  ServerProcess proxy(kDs, dir_.Join("proxy"), dir_.Join("proxy.log"),
+                      {"--role", "proxy", "--upstream", master_->url(), "--ondemand-workers", "0"});
   ASSERT_FALSE(proxy.url().empty());
   // Without chain=1 (an older client) the answer stays the full artifact.
   net::Client client;
   Result<net::ClientResponse> plain =
-      client.Get(proxy.url() + "/v1/artifacts/app/stream?from=" + Sha(v1) + "&to=3.0.0");
+      client.Get(proxy.url() + "/v1/artifacts/app/stream?from=" + Sha(v1_) + "&to=3.0.0");
   ASSERT_TRUE(plain.ok());
   EXPECT_EQ(json::parse(plain->body)["kind"], "full");
 
-  Result<Bytes> key = ReadFile(dir.Join("master/keys/signing.pub"));
-  ASSERT_TRUE(key.ok());
-  std::string pub(key->begin(), key->end());
-  while (!pub.empty() && pub.back() == '\n') pub.pop_back();
-  const std::string install = dir.Join("installed-app");
-  WriteExecutable(install, v1);
-  WriteAgentConfig(dir, {proxy.url()}, pub, install);
-  RunResult up = RunProgram(kAgent, dir, {"--config", dir.Join("agent.json"), "--json", "update"});
+  WriteAgentConfig(dir_, {proxy.url()}, public_key_, install_);
+  RunResult up =
+      RunProgram(kAgent, dir_, {"--config", dir_.Join("agent.json"), "--json", "update"});
   ASSERT_EQ(up.exit_code, 0) << up.err << up.out;
-  EXPECT_EQ(FileSha(install), Sha(v3));
+  EXPECT_EQ(FileSha(install_), Sha(v3_));
   const auto lines = JsonLines(up.out);
   const json result = Last(lines, "result");
   EXPECT_EQ(result["route"], "chain");
   EXPECT_EQ(result["to"], "3.0.0");
-  EXPECT_LT(result["bytes_fetched"].get<uint64_t>(), v3.size() / 2);
+  EXPECT_LT(result["bytes_fetched"].get<uint64_t>(), v3_.size() / 2);
   const std::string route = Last(lines, "route")["message"];
   EXPECT_NE(route.find("2 deltas in a chain"), std::string::npos) << route;
   // Nothing of the chain is left behind; the previous version is kept for rollback.
-  EXPECT_FALSE(std::filesystem::exists(dir.Join("state/app/chain")));
-  RunResult back = RunProgram(kAgent, dir, {"--config", dir.Join("agent.json"), "rollback", "app"});
+  EXPECT_FALSE(std::filesystem::exists(dir_.Join("state/app/chain")));
+  RunResult back =
+      RunProgram(kAgent, dir_, {"--config", dir_.Join("agent.json"), "rollback", "app"});
   EXPECT_EQ(back.exit_code, 0) << back.err;
-  EXPECT_EQ(FileSha(install), Sha(v1));
+  EXPECT_EQ(FileSha(install_), Sha(v1_));
 }
 
 // The installed file lives on a filesystem without room for the new version: the agent says so
