@@ -10,13 +10,13 @@
 #     (c) curl of the blob from the proxy; wall times, results checked with cmp. Goodput = object
 #     bytes x 8 / seconds. Repair = proxy's ds_proxy_udp_repair_bytes / source_bytes per UDP run.
 #
-#   bench/udp_bench.sh     env: MBIT=20 SIZE_MIB=24 LOSSES="0 1 5 10 20"
+#   bench/udp_bench.sh     env: MBIT=20 SIZE_MIB=16 LOSSES="0 1 5 10 20"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ds=$(realpath build/src/cli/deltastream)
 agent=$(realpath build/src/agent/deltastream-agent)
 mbit=${MBIT:-20}
-size_mib=${SIZE_MIB:-24}
+size_mib=${SIZE_MIB:-16}
 losses=${LOSSES:-"0 1 5 10 20"}
 ((EUID == 0)) || { echo "udp_bench: needs root" >&2; exit 1; }
 ns_s=dsudp-s ns_c=dsudp-c dev_s=vudp-s dev_c=vudp-c ip_s=10.202.0.1 ip_c=10.202.0.2
