@@ -107,6 +107,17 @@ class ProxyTest : public ::testing::Test {
     return p;
   }
 
+  // Publishes |size| random bytes as artifact "big" 1.0.0 on the master; empty on failure.
+  Bytes PublishBig(size_t size, uint64_t seed) {
+    const Bytes big = testing::RandomBytes(size, seed);
+    WriteFileOrDie(dir_.Join("big"), big);
+    RunResult r =
+        RunCli(dir_, {"publish", "-q", "--artifact", "big", "--version", "1.0.0", dir_.Join("big"),
+                      "--server", master_->url(), "--token-file", dir_.Join("master/admin.token")});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.exit_code == 0 ? big : Bytes();
+  }
+
   std::string File(size_t k) const { return dir_.Join("app-" + std::to_string(k + 1)); }
   std::string Version(size_t k) const { return "1." + std::to_string(k) + ".0"; }
   std::string BlobPath(size_t k) const { return "/v1/blobs/" + ToHex(Sha256::Of(versions_[k])); }
@@ -236,12 +247,8 @@ TEST_F(ProxyTest, MasterDownServesCachedAndStaleFailsFastOtherwise) {
 }
 
 TEST_F(ProxyTest, ConcurrentMissesMakeOneUpstreamFetch) {
-  const Bytes big = testing::RandomBytes(8 << 20, 99);
-  WriteFileOrDie(dir_.Join("big"), big);
-  RunResult r =
-      RunCli(dir_, {"publish", "-q", "--artifact", "big", "--version", "1.0.0", dir_.Join("big"),
-                    "--server", master_->url(), "--token-file", dir_.Join("master/admin.token")});
-  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Bytes big = PublishBig(8 << 20, 99);
+  ASSERT_FALSE(big.empty());
   auto proxy = StartProxy("proxy1", master_->url());
   const std::string path = "/v1/blobs/" + ToHex(Sha256::Of(big));
   const double sent0 = Metric(master_->url(), "ds_http_bytes_sent_total");
@@ -381,12 +388,8 @@ bool WaitUntil(const std::function<bool()>& pred, int seconds = 30) {
 }
 
 TEST_F(ProxyTest, ClientsAreServedWhileTheObjectIsStillArriving) {
-  const Bytes big = testing::RandomBytes(6 << 20, 77);
-  WriteFileOrDie(dir_.Join("big"), big);
-  RunResult pub =
-      RunCli(dir_, {"publish", "-q", "--artifact", "big", "--version", "1.0.0", dir_.Join("big"),
-                    "--server", master_->url(), "--token-file", dir_.Join("master/admin.token")});
-  ASSERT_EQ(pub.exit_code, 0) << pub.err;
+  const Bytes big = PublishBig(6 << 20, 77);
+  ASSERT_FALSE(big.empty());
   const std::string sha = ToHex(Sha256::Of(big));
   GateRelay relay(master_->url());
   relay.Gate(sha, /*corrupt=*/false);
@@ -420,12 +423,8 @@ TEST_F(ProxyTest, ClientsAreServedWhileTheObjectIsStillArriving) {
 }
 
 TEST_F(ProxyTest, AnArrivingObjectThatFailsVerificationIsNeverDeliveredWhole) {
-  const Bytes big = testing::RandomBytes(4 << 20, 78);
-  WriteFileOrDie(dir_.Join("big"), big);
-  RunResult pub =
-      RunCli(dir_, {"publish", "-q", "--artifact", "big", "--version", "1.0.0", dir_.Join("big"),
-                    "--server", master_->url(), "--token-file", dir_.Join("master/admin.token")});
-  ASSERT_EQ(pub.exit_code, 0) << pub.err;
+  const Bytes big = PublishBig(4 << 20, 78);
+  ASSERT_FALSE(big.empty());
   const std::string sha = ToHex(Sha256::Of(big));
   GateRelay relay(master_->url());
   relay.Gate(sha, /*corrupt=*/true);
