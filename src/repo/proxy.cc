@@ -801,14 +801,7 @@ class Proxy::Impl {
     if (r.ok() && !synced.ok()) r = synced;
     if (!r.ok()) {
       ::unlink(tmp.c_str());
-      if (IsUpstreamFailure(r.status().code())) {
-        breaker_.Failure();
-        std::lock_guard<std::mutex> lock(mu_);
-        ++stats_.upstream_failures;
-      } else {
-        breaker_.Success();
-      }
-      return r.status();
+      return UpstreamFailed(r.status());
     }
     breaker_.Success();
     Result<EntryInfo> e = Install(key, target, kind, expected, *r, tmp);
@@ -983,14 +976,7 @@ class Proxy::Impl {
     }
     Result<net::ClientResponse> r = client_.DownloadFile(options_.upstream + target, tmp);
     if (!r.ok()) {
-      if (IsUpstreamFailure(r.status().code())) {
-        breaker_.Failure();
-        std::lock_guard<std::mutex> lock(mu_);
-        ++stats_.upstream_failures;
-      } else {
-        breaker_.Success();
-      }
-      return r.status();
+      return UpstreamFailed(r.status());
     }
     breaker_.Success();
     Result<uint64_t> size = FileSize(tmp);
@@ -1228,6 +1214,19 @@ class Proxy::Impl {
         .With("X-Deltastream-Stale", "1");
   }
 
+  // Records a failed upstream call with the breaker (an answer that says no, e.g. 404, still
+  // shows the upstream alive) and returns |s|.
+  Status UpstreamFailed(Status s) {
+    if (IsUpstreamFailure(s.code())) {
+      breaker_.Failure();
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.upstream_failures;
+    } else {
+      breaker_.Success();
+    }
+    return s;
+  }
+
   // Downloads |target| from the upstream into the cache files of |key| (not yet indexed).
   Result<EntryInfo> Fetch(const std::string& key, const std::string& target, ObjectKind kind,
                           const std::string& expected) {
@@ -1242,14 +1241,7 @@ class Proxy::Impl {
     }
     Result<net::ClientResponse> r = client_.DownloadFile(options_.upstream + target, tmp);
     if (!r.ok()) {
-      if (IsUpstreamFailure(r.status().code())) {
-        breaker_.Failure();
-        std::lock_guard<std::mutex> lock(mu_);
-        ++stats_.upstream_failures;
-      } else {
-        breaker_.Success();  // The upstream answered.
-      }
-      return r.status();
+      return UpstreamFailed(r.status());
     }
     breaker_.Success();
     Result<EntryInfo> e = Install(key, target, kind, expected, *r, tmp);
