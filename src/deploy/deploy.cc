@@ -310,10 +310,12 @@ Result<std::string> DeployImpl::Enroll(std::string_view body) {
 
 Status DeployImpl::AuthorizeDevice(std::string_view token, std::string_view device_id) {
   if (token.empty()) return Error(ErrorCode::kUnauthenticated, "a device token is required");
+  const std::string token_hash = Sha256Hex(token);
   std::lock_guard<std::mutex> lock(mu_);
   return Guard([&]() -> Status {
-    SQLite::Statement q(*db_, "SELECT id FROM devices WHERE token_hash=?");
-    q.bind(1, Sha256Hex(token));
+    CachedStatement h = Stmt("SELECT id FROM devices WHERE token_hash=?");
+    SQLite::Statement& q = *h;
+    q.bind(1, token_hash);
     if (!q.executeStep()) return Error(ErrorCode::kUnauthenticated, "unknown device token");
     if (q.getColumn(0).getString() != device_id) {
       return Error(ErrorCode::kPermissionDenied, "this token belongs to another device");
@@ -347,11 +349,11 @@ Status DeployImpl::Heartbeat(std::string_view device_id, std::string_view body) 
 
 json DeployImpl::InstructionsLocked(const std::string& device_id) {
   json list = json::array();
-  SQLite::Statement q(*db_,
-                      "SELECT t.deployment_id, d.artifact, d.version, d.policy, d.state, t.state "
-                      "FROM targets t JOIN deployments d ON d.id = t.deployment_id "
-                      "WHERE t.device_id=? AND d.state IN ('running','paused','halted') "
-                      "ORDER BY d.num");
+  CachedStatement h =
+      Stmt("SELECT t.deployment_id, d.artifact, d.version, d.policy, d.state, t.state "
+           "FROM targets t JOIN deployments d ON d.id = t.deployment_id "
+           "WHERE t.device_id=? AND d.state IN ('running','paused','halted') ORDER BY d.num");
+  SQLite::Statement& q = *h;
   q.bind(1, device_id);
   while (q.executeStep()) {
     const std::string dep_state = q.getColumn(4).getString();
@@ -421,23 +423,30 @@ Result<std::string> DeployImpl::PostEvents(std::string_view device_id, std::stri
   return Guard([&]() -> Result<std::string> {
     const std::string dev(device_id);
     SQLite::Transaction t(*db_);
-    SQLite::Statement d(*db_, "SELECT epoch, last_seq FROM devices WHERE id=?");
+    CachedStatement dh = Stmt("SELECT epoch, last_seq FROM devices WHERE id=?");
+    SQLite::Statement& d = *dh;
     d.bind(1, dev);
     if (!d.executeStep()) return Error(ErrorCode::kNotFound, "no such device");
     const int64_t epoch = d.getColumn(0).getInt64();
     uint64_t last = static_cast<uint64_t>(d.getColumn(1).getInt64());
     const double now = WallNow();
     std::set<std::string> touched;
-    std::vector<std::string> changed_rows;
+    struct Move {
+      std::string deployment_id;
+      int wave;
+      std::string from, to;
+    };
+    std::vector<Move> moves;  // Applied to state_counts_ once the transaction commits.
     for (const json& e : events) {
       const uint64_t seq = e["seq"].get<uint64_t>();
       if (seq <= last) continue;  // A replay, or older than what we have: ignored.
       last = seq;
       const std::string dep = e["deployment_id"].get<std::string>();
       const std::string state = e["state"].get<std::string>();
-      SQLite::Statement ins(*db_,
-                            "INSERT OR IGNORE INTO events(device_id, epoch, seq, deployment_id, "
-                            "state, body, received) VALUES(?,?,?,?,?,?,?)");
+      CachedStatement insh = Stmt(
+          "INSERT OR IGNORE INTO events(device_id, epoch, seq, deployment_id, state, body, "
+          "received) VALUES(?,?,?,?,?,?,?)");
+      SQLite::Statement& ins = *insh;
       ins.bind(1, dev);
       ins.bind(2, epoch);
       ins.bind(3, static_cast<int64_t>(seq));
@@ -454,14 +463,14 @@ Result<std::string> DeployImpl::PostEvents(std::string_view device_id, std::stri
         if (!e.contains(k)) return std::nullopt;
         return e[k].get<std::string>();
       };
-      SQLite::Statement up(*db_,
-                           "UPDATE targets SET state=?, bytes=COALESCE(?, bytes), "
+      CachedStatement uph = Stmt("UPDATE targets SET state=?, bytes=COALESCE(?, bytes), "
                            "total_bytes=COALESCE(?, total_bytes), full_bytes=COALESCE(?, "
                            "full_bytes), rate_bps=COALESCE(?, rate_bps), carrier=COALESCE(?, "
                            "carrier), result=COALESCE(?, result), error_code=COALESCE(?, "
                            "error_code), bytes_saved=COALESCE(?, bytes_saved), "
                            "from_version=COALESCE(?, from_version), updated=? "
                            "WHERE deployment_id=? AND device_id=?");
+      SQLite::Statement& up = *uph;
       up.bind(1, state);
       int i = 2;
       for (const char* k : {"bytes", "total_bytes", "full_bytes"}) {
@@ -477,24 +486,37 @@ Result<std::string> DeployImpl::PostEvents(std::string_view device_id, std::stri
       up.bind(11, now);
       up.bind(12, dep);
       up.bind(13, dev);
+      CachedStatement curh =
+          Stmt("SELECT wave, state FROM targets WHERE deployment_id=? AND device_id=?");
+      SQLite::Statement& cur = *curh;
+      cur.bind(1, dep);
+      cur.bind(2, dev);
       // An event for a deployment the device is not part of is kept, and changes nothing.
-      if (up.exec() > 0) {
-        touched.insert(dep);
-        changed_rows.push_back(dep);
-      }
+      if (!cur.executeStep()) continue;
+      moves.push_back({dep, cur.getColumn(0).getInt(), cur.getColumn(1).getString(), state});
+      up.exec();
+      touched.insert(dep);
     }
-    SQLite::Statement u(*db_, "UPDATE devices SET last_seq=?, last_seen=? WHERE id=?");
+    CachedStatement uh = Stmt("UPDATE devices SET last_seq=?, last_seen=? WHERE id=?");
+    SQLite::Statement& u = *uh;
     u.bind(1, static_cast<int64_t>(last));
     u.bind(2, now);
     u.bind(3, dev);
     u.exec();
     t.commit();
+    for (const Move& m : moves) {
+      auto it = state_counts_.find(m.deployment_id);
+      if (it == state_counts_.end() || m.from == m.to) continue;
+      --it->second[{m.wave, m.from}];
+      ++it->second[{m.wave, m.to}];
+    }
     // Live: the device's row in each deployment it reported for (the last state of each).
     for (const std::string& dep : touched) {
-      SQLite::Statement r(*db_,
-                          "SELECT wave, state, bytes, rate_bps, carrier, result, error_code, "
-                          "bytes_saved, from_version, total_bytes, attempts FROM targets "
-                          "WHERE deployment_id=? AND device_id=?");
+      CachedStatement rh = Stmt(
+          "SELECT wave, state, bytes, rate_bps, carrier, result, error_code, bytes_saved, "
+          "from_version, total_bytes, attempts FROM targets WHERE deployment_id=? AND "
+          "device_id=?");
+      SQLite::Statement& r = *rh;
       r.bind(1, dep);
       r.bind(2, dev);
       if (r.executeStep()) {
@@ -709,9 +731,10 @@ Result<std::string> DeployImpl::CreateDeployment(std::string_view body) {
       wi.bind(3, sizes[w]);
       wi.exec();
       for (int64_t k = 0; k < sizes[w]; ++k, ++next) {
-        SQLite::Statement ti(*db_,
-                             "INSERT INTO targets(deployment_id, device_id, wave, state, "
-                             "from_version, base_sha256, updated) VALUES(?,?,?,'pending',?,?,?)");
+        CachedStatement tih =
+            Stmt("INSERT INTO targets(deployment_id, device_id, wave, state, from_version, "
+                 "base_sha256, updated) VALUES(?,?,?,'pending',?,?,?)");
+        SQLite::Statement& ti = *tih;
         ti.bind(1, id);
         ti.bind(2, selected[next].id);
         ti.bind(3, static_cast<int64_t>(w));
@@ -722,6 +745,7 @@ Result<std::string> DeployImpl::CreateDeployment(std::string_view body) {
       }
     }
     t.commit();
+    state_counts_.erase(id);
     EvaluateLocked(id);  // The first wave starts pre-warming.
     for (size_t w = 1; w < sizes.size(); ++w) QueuePrewarmLocked(id, static_cast<int>(w), false);
     MarkDirtyLocked(id);
@@ -761,8 +785,34 @@ void DeployImpl::QueuePrewarmLocked(const std::string& id, int wave, bool start)
   cv_.notify_all();
 }
 
+CachedStatement DeployImpl::Stmt(const char* sql) {
+  std::unique_ptr<SQLite::Statement>& st = stmts_[sql];
+  if (st == nullptr) {
+    st = std::make_unique<SQLite::Statement>(*db_, sql);
+  } else {
+    st->reset();
+    st->clearBindings();
+  }
+  return CachedStatement(*st);
+}
+
+const DeployImpl::StateCounts& DeployImpl::StateCountsLocked(const std::string& id) {
+  auto it = state_counts_.find(id);
+  if (it != state_counts_.end()) return it->second;
+  StateCounts counts;
+  SQLite::Statement c(*db_,
+                      "SELECT wave, state, COUNT(*) FROM targets WHERE deployment_id=? "
+                      "GROUP BY wave, state");
+  c.bind(1, id);
+  while (c.executeStep()) {
+    counts[{c.getColumn(0).getInt(), c.getColumn(1).getString()}] = c.getColumn(2).getInt64();
+  }
+  return state_counts_[id] = std::move(counts);
+}
+
 void DeployImpl::StartWaveLocked(const std::string& id, int wave) {
   const double now = WallNow();
+  state_counts_.erase(id);
   SQLite::Statement w(
       *db_, "UPDATE waves SET state='running', started=? WHERE deployment_id=? AND idx=?");
   w.bind(1, now);
@@ -776,14 +826,15 @@ void DeployImpl::StartWaveLocked(const std::string& id, int wave) {
   t.bind(2, id);
   t.bind(3, wave);
   t.exec();
+  state_counts_.erase(id);
   MarkDirtyLocked(id);
   NotifyDevicesLocked(WaveDevicesLocked(id, wave));
 }
 
 bool DeployImpl::EvaluateLocked(const std::string& id) {
-  SQLite::Statement d(*db_,
-                      "SELECT state, success_threshold, failure_threshold FROM deployments "
-                      "WHERE id=?");
+  CachedStatement dh =
+      Stmt("SELECT state, success_threshold, failure_threshold FROM deployments WHERE id=?");
+  SQLite::Statement& d = *dh;
   d.bind(1, id);
   if (!d.executeStep() || d.getColumn(0).getString() != "running") return false;
   const double success = d.getColumn(1).getDouble();
@@ -796,9 +847,10 @@ bool DeployImpl::EvaluateLocked(const std::string& id) {
     WaveCounts c;
   };
   std::vector<Wave> waves;
-  SQLite::Statement w(*db_,
-                      "SELECT idx, devices, state, prewarm_done FROM waves WHERE deployment_id=? "
-                      "ORDER BY idx");
+  CachedStatement wh =
+      Stmt("SELECT idx, devices, state, prewarm_done FROM waves WHERE deployment_id=? ORDER BY "
+           "idx");
+  SQLite::Statement& w = *wh;
   w.bind(1, id);
   while (w.executeStep()) {
     waves.push_back({w.getColumn(0).getInt(),
@@ -807,16 +859,11 @@ bool DeployImpl::EvaluateLocked(const std::string& id) {
                      w.getColumn(3).getInt() != 0,
                      {}});
   }
-  SQLite::Statement c(*db_,
-                      "SELECT wave, state, COUNT(*) FROM targets WHERE deployment_id=? "
-                      "GROUP BY wave, state");
-  c.bind(1, id);
   bool any_open = false;
-  while (c.executeStep()) {
-    const size_t wi = static_cast<size_t>(c.getColumn(0).getInt());
-    const std::string st = c.getColumn(1).getString();
-    const int64_t k = c.getColumn(2).getInt64();
-    if (wi >= waves.size()) continue;
+  for (const auto& [key, k] : StateCountsLocked(id)) {
+    const size_t wi = static_cast<size_t>(key.first);
+    const std::string& st = key.second;
+    if (wi >= waves.size() || k == 0) continue;
     WaveCounts& wc = waves[wi].c;
     wc.n += k;
     if (st == "installed")
@@ -1073,6 +1120,7 @@ Result<std::string> DeployImpl::Act(std::string_view id_view, std::string_view a
                           "WHERE deployment_id=? AND state IN ('failed','deferred')");
       u.bind(1, WallNow());
       u.bind(2, id);
+      state_counts_.erase(id);
       u.exec();
       SQLite::Statement wv(*db_,
                            "UPDATE waves SET state='running' WHERE deployment_id=? AND "
@@ -1080,6 +1128,7 @@ Result<std::string> DeployImpl::Act(std::string_view id_view, std::string_view a
       wv.bind(1, id);
       wv.exec();
       t.commit();
+      state_counts_.erase(id);
       if (state == "halted" || state == "finished") SetDeploymentStateLocked(id, "running", "");
       MarkDirtyLocked(id);
       EvaluateLocked(id);

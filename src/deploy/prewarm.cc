@@ -84,7 +84,12 @@ void DeployImpl::RunPrewarm(const PrewarmJob& job) {
       version = d.getColumn(1).getString();
       target_sha = d.getColumn(2).getString();
       full_bytes = d.getColumn(3).getInt64();
-      // The wave's devices as they are now (an inventory may have changed since creation).
+      // The wave's devices as they are now (an inventory may have changed since creation). One
+      // transaction for the whole wave (10,000 devices were 10,000 commits).
+      SQLite::Transaction tx(*db_);
+      SQLite::Statement u(*db_,
+                          "UPDATE targets SET from_version=?, base_sha256=? WHERE "
+                          "deployment_id=? AND device_id=?");
       SQLite::Statement t(*db_,
                           "SELECT t.device_id, t.state, dv.inventory FROM targets t JOIN devices "
                           "dv ON dv.id = t.device_id WHERE t.deployment_id=? AND t.wave=?");
@@ -105,9 +110,7 @@ void DeployImpl::RunPrewarm(const PrewarmJob& job) {
         g.from_version = v;
         ++g.devices;
         if (t.getColumn(1).getString() == "pending") {
-          SQLite::Statement u(*db_,
-                              "UPDATE targets SET from_version=?, base_sha256=? WHERE "
-                              "deployment_id=? AND device_id=?");
+          u.reset();
           u.bind(1, v);
           u.bind(2, sha);
           u.bind(3, job.deployment_id);
@@ -115,6 +118,7 @@ void DeployImpl::RunPrewarm(const PrewarmJob& job) {
           u.exec();
         }
       }
+      tx.commit();
     } catch (const std::exception& e) {
       std::fprintf(stderr, "deltastream: deploy pre-warm: %s\n", e.what());
       prewarm_busy_.erase({job.deployment_id, job.wave});

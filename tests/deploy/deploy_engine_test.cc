@@ -258,6 +258,39 @@ TEST_F(DeployEngineTest, PauseResumeCancelRetry) {
   EXPECT_EQ(CodeOf(deploy_->Act("d-99", "pause")), ErrorCode::kNotFound);
 }
 
+// The engine keeps per-wave counts in memory between events (an event costs O(waves)); a retry
+// changes many rows at once. The counts after it must be the database's: the retried device's
+// "installed" finishes the rollout, and a second failure after the retry halts it again.
+TEST_F(DeployEngineTest, CountsFollowEventsAcrossRetries) {
+  EnrolN(3);
+  const json created = Create(json::array({"100%"}), 1.0, 0.5);
+  const std::string id = created["id"];
+  Step();
+  const auto w0 = WaveDevices(created, 0);
+  ASSERT_EQ(w0.size(), 3u);
+  Finish(id, {w0[0]}, "failed");
+  Finish(id, {w0[1], w0[2]}, "installed");
+  EXPECT_EQ(Get(id)["state"], "halted");
+  ASSERT_TRUE(deploy_->Act(id, "retry").ok());
+  EXPECT_EQ(Get(id)["state"], "running");
+  // Failed again: 1 of 3 is below the failure threshold, all final, 2 of 3 installed: halted.
+  Finish(id, {w0[0]}, "failed");
+  json d = Get(id);
+  EXPECT_EQ(d["state"], "halted");
+  EXPECT_EQ(d["waves"][0]["failed"], 1);
+  EXPECT_EQ(d["waves"][0]["installed"], 2);
+  ASSERT_TRUE(deploy_->Act(id, "retry").ok());
+  Report(w0[0], ++seq_[w0[0]], id, "started");
+  deploy_->Tick();
+  EXPECT_EQ(Get(id)["state"], "running");
+  Report(w0[0], ++seq_[w0[0]], id, "installed");
+  d = Get(id);
+  EXPECT_EQ(d["state"], "finished");
+  EXPECT_EQ(d["waves"][0]["state"], "done");
+  EXPECT_EQ(d["counts"]["installed"], 3);
+  EXPECT_EQ(d["counts"]["failed"], 0);
+}
+
 TEST_F(DeployEngineTest, RestartMidRolloutLosesNothing) {
   EnrolN(5);
   const json created = Create(json::array({2, "100%"}), 1.0, 0.5);
