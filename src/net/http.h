@@ -108,6 +108,12 @@ class BodyStream {
   bool WaitBelow(size_t bytes, int64_t timeout_ms);
   // True once the client has gone (a write failed, the connection closed, the server stopped).
   bool gone() const;
+  // Arranges for |fn| to be called once, on a connection thread, when pending() drops to |bytes|
+  // or below, or when the client goes. Returns false, and does not keep |fn|, when that holds
+  // already (or the stream is closed): then the caller goes on producing itself. A later call
+  // replaces a |fn| not yet called. |fn| runs without any of the stream's locks held and may
+  // Write(); it must not block.
+  bool OnBelow(size_t bytes, std::function<void()> fn);
 
   struct State;  // Shared with the connection that sends the body.
   std::shared_ptr<State> state() const { return state_; }

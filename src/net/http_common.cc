@@ -158,13 +158,15 @@ bool BodyStream::Write(std::string data) {
 }
 
 void BodyStream::Close() {
-  std::function<void()> wake;
+  std::function<void()> wake, below;
   {
     std::lock_guard<std::mutex> lock(state_->mu);
     if (state_->closed) return;
     state_->closed = true;
     wake = std::move(state_->wake);
     state_->wake = nullptr;
+    below = std::move(state_->below);  // Dropped, not called: the producer is done.
+    state_->below = nullptr;
   }
   state_->cv.notify_all();
   if (wake) wake();
@@ -187,8 +189,17 @@ bool BodyStream::WaitBelow(size_t bytes, int64_t timeout_ms) {
   return state_->pending <= bytes && !state_->gone && !state_->closed;
 }
 
+bool BodyStream::OnBelow(size_t bytes, std::function<void()> fn) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  if (state_->pending <= bytes || state_->gone || state_->closed) return false;
+  state_->below_at = bytes;
+  state_->below = std::move(fn);
+  return true;
+}
+
 BodyStream::State::Take BodyStream::State::TakeOrWait(std::string* out,
                                                       std::function<void()> wake_fn) {
+  std::function<void()> drained;
   {
     std::lock_guard<std::mutex> lock(mu);
     if (queue.empty()) {
@@ -199,13 +210,18 @@ BodyStream::State::Take BodyStream::State::TakeOrWait(std::string* out,
     *out = std::move(queue.front());
     queue.pop_front();
     pending -= out->size();
+    if (below && pending <= below_at) {
+      drained = std::move(below);
+      below = nullptr;
+    }
   }
   cv.notify_all();
+  if (drained) drained();  // May Write(): the lock is not held.
   return Take::kData;
 }
 
 void BodyStream::State::MarkGone() {
-  std::function<void()> dropped;
+  std::function<void()> dropped, drained;
   {
     std::lock_guard<std::mutex> lock(mu);
     gone = true;
@@ -213,8 +229,11 @@ void BodyStream::State::MarkGone() {
     pending = 0;
     dropped = std::move(wake);
     wake = nullptr;
+    drained = std::move(below);
+    below = nullptr;
   }
   cv.notify_all();
+  if (drained) drained();  // The producer learns the client left (its Write fails).
   // |dropped| (which may hold the connection) is destroyed here, outside the lock.
 }
 

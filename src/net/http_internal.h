@@ -37,6 +37,9 @@ struct BodyStream::State {
   bool closed = false;
   bool gone = false;
   std::function<void()> wake;
+  // BodyStream::OnBelow: called once pending <= below_at, or when the client goes.
+  size_t below_at = 0;
+  std::function<void()> below;
 };
 
 }  // namespace ds::net

@@ -37,11 +37,11 @@ namespace fs = std::filesystem;
 
 constexpr const char* kImmutableCacheControl = "public, max-age=31536000, immutable";
 constexpr size_t kMaxNegativeEntries = 10000;
-// Serve-while-arriving: a reader more than this behind the upstream is dropped (it retries and
-// finds the object cached); a reader arriving later than this into a fetch waits for the whole
-// object instead of catching up from memory.
-constexpr size_t kReaderMaxPending = 16u << 20;
-constexpr uint64_t kReaderMaxCatchUp = 4u << 20;
+// Serve-while-arriving: each reader is fed from the arriving file, at most this much queued for
+// its connection at a time (a slow client parks until half of it has gone, however far behind
+// the upstream it falls), in pieces of kReaderPiece.
+constexpr size_t kReaderWindow = 2u << 20;
+constexpr size_t kReaderPiece = 256u << 10;
 // Accounted per entry on top of its data: the .meta file and the index.
 constexpr uint64_t kEntryOverhead = 512;
 
@@ -501,6 +501,7 @@ class Proxy::Impl {
       } else {
         flight = std::make_shared<Flight>();
         flight->streaming = stream_ok && Streamable(req, kind);
+        flight->dropped = readers_dropped_;
         flights_[key] = flight;
         leader = true;
       }
@@ -560,6 +561,7 @@ class Proxy::Impl {
     if (ondemand_) od = ondemand_->stats();
     std::lock_guard<std::mutex> lock(mu_);
     ProxyStats s = stats_;
+    s.stream_readers_dropped = readers_dropped_->load();
     s.ondemand_queued = od.queued;
     s.ondemand_running = od.running;
     s.ondemand_done = od.done;
@@ -577,23 +579,40 @@ class Proxy::Impl {
   const ProxyOptions& options() const { return options_; }
 
  private:
+  // One client of a flight. Its own descriptor of the arriving file stays valid when the file is
+  // renamed into the cache (or unlinked after a failed verification).
+  struct FlightReader {
+    std::shared_ptr<net::BodyStream> stream;
+    int fd = -1;
+    uint64_t offset = 0;  // Bytes of the file handed to |stream|.
+    FlightReader() = default;
+    FlightReader(const FlightReader&) = delete;
+    FlightReader& operator=(const FlightReader&) = delete;
+    ~FlightReader() {
+      if (fd >= 0) ::close(fd);
+    }
+  };
+
   struct Flight {
     bool done = false;  // Guarded by mu_, like |result|.
     Result<EntryInfo> result = Status(ErrorCode::kInternal, "flight not finished");
     bool streaming = false;  // Set at creation: the fetch serves readers while it arrives.
 
-    // Serve-while-arriving state, guarded by |mu|. The upstream's body goes to |tmp_path|; all
-    // of it but the last piece (|held|) has also gone to every reader, so that a body which
-    // fails verification at the end is never delivered whole: its readers see a cut body.
+    // Serve-while-arriving state, guarded by |mu|. The upstream's body goes to |tmp_path|;
+    // readers are fed from that file up to |released|: all that arrived but the last piece, so
+    // that a body which fails verification at the end is never delivered whole (its readers see
+    // a cut body). Once verified, they get the rest.
     std::mutex mu;
     std::condition_variable cv;
     bool head_known = false;  // The upstream answered 200 with a length and a SHA-256.
     bool arrivals_over = false;
+    bool verified = false;  // Set with arrivals_over.
     uint64_t length = 0;
     std::string content_type, sha256, tmp_path;
-    uint64_t sent = 0;  // Bytes of the file already handed to readers.
-    std::string held;
-    std::vector<std::shared_ptr<net::BodyStream>> readers;
+    uint64_t arrived = 0;   // Bytes written to the file.
+    uint64_t released = 0;  // Bytes readers may have.
+    std::vector<std::shared_ptr<FlightReader>> readers;  // Not parked, still going.
+    std::shared_ptr<std::atomic<uint64_t>> dropped;             // The proxy's counter.
   };
 
   // A tiny thread pool for fetches that serve readers while they arrive.
@@ -664,56 +683,106 @@ class Proxy::Impl {
     flight_done_.notify_all();
   }
 
-  // Hands |piece| to every reader; drops the ones that are gone or too far behind (their
-  // connection closes on a short body; they retry and find the object cached).
-  void FanOutLocked(Flight& f, const std::string& piece) {
-    size_t kept = 0;
-    for (auto& reader : f.readers) {
-      if (reader->pending() > kReaderMaxPending || !reader->Write(piece)) {
-        std::lock_guard<std::mutex> lock(mu_);
-        ++stats_.stream_readers_dropped;
-        continue;
+  enum class Pumped { kGoing, kParked, kDone, kDropped };
+
+  // Hands |r| what it may have of the arriving file, until its connection has kReaderWindow
+  // queued; then parks it: its connection calls back (on an io thread) once half has been sent
+  // or the client has left. REQUIRES: flight->mu held. Static: a parked reader may outlive the
+  // proxy's request (it holds the flight, never the proxy).
+  static Pumped PumpLocked(const std::shared_ptr<Flight>& flight,
+                           const std::shared_ptr<FlightReader>& r) {
+    Flight& f = *flight;
+    if (f.arrivals_over && !f.verified) return Pumped::kDropped;  // Cut: it ends short.
+    const uint64_t limit = f.arrivals_over ? f.length : f.released;
+    while (r->offset < limit) {
+      if (r->stream->pending() >= kReaderWindow &&
+          r->stream->OnBelow(kReaderWindow / 2, [flight, r] { Unpark(flight, r); })) {
+        return Pumped::kParked;
       }
-      f.readers[kept++] = std::move(reader);
+      std::string piece(static_cast<size_t>(std::min<uint64_t>(kReaderPiece, limit - r->offset)),
+                        '\0');
+      size_t got = 0;
+      while (got < piece.size()) {
+        const ssize_t n = ::pread(r->fd, piece.data() + got, piece.size() - got,
+                                  static_cast<off_t>(r->offset + got));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return Pumped::kDropped;
+        got += static_cast<size_t>(n);
+      }
+      if (!r->stream->Write(std::move(piece))) return Pumped::kDropped;  // The client left.
+      r->offset += got;
     }
-    f.readers.resize(kept);
-    f.sent += piece.size();
+    if (!f.arrivals_over) return Pumped::kGoing;
+    r->stream->Close();  // All of it, verified.
+    return Pumped::kDone;
   }
 
-  // A streamed answer for a reader of |flight|, once the upstream's header is in; nullopt when
-  // the fetch is not streaming, failed or finished first, or is too far along to catch up with
-  // (then the caller waits for the whole object as before).
+  // A parked reader's connection drained (or its client left): feed it again.
+  static void Unpark(const std::shared_ptr<Flight>& flight, const std::shared_ptr<FlightReader>& r) {
+    std::lock_guard<std::mutex> lock(flight->mu);
+    switch (PumpLocked(flight, r)) {
+      case Pumped::kGoing:
+        flight->readers.push_back(r);  // Caught up with the arrival: fed as bytes arrive.
+        break;
+      case Pumped::kDropped:
+        if (flight->verified || !flight->arrivals_over) ++*flight->dropped;
+        break;
+      case Pumped::kParked:
+      case Pumped::kDone:
+        break;
+    }
+  }
+
+  // Feeds every reader that is not parked (after more bytes arrived, or at the end).
+  static void PumpAllLocked(const std::shared_ptr<Flight>& flight) {
+    Flight& f = *flight;
+    size_t kept = 0;
+    for (size_t i = 0; i < f.readers.size(); ++i) {
+      std::shared_ptr<FlightReader> r = std::move(f.readers[i]);
+      switch (PumpLocked(flight, r)) {
+        case Pumped::kGoing:
+          f.readers[kept++] = std::move(r);
+          break;
+        case Pumped::kDropped:
+          if (f.verified || !f.arrivals_over) ++*f.dropped;
+          break;
+        case Pumped::kParked:  // Its connection holds it until it drains.
+        case Pumped::kDone:
+          break;
+      }
+    }
+    f.readers.resize(kept);
+  }
+
+  // A streamed answer for a reader of |flight|, once the upstream's header is in, fed from the
+  // arriving file from its first byte; nullopt when the fetch is not streaming, failed or
+  // finished first (then the caller waits for the whole object as before).
   std::optional<net::Response> AttachReader(const std::shared_ptr<Flight>& flight) {
     if (!flight->streaming) return std::nullopt;
     std::unique_lock<std::mutex> lock(flight->mu);
     flight->cv.wait_for(lock, std::chrono::milliseconds(options_.connect_timeout_ms),
                         [&] { return flight->head_known || flight->arrivals_over; });
-    if (!flight->head_known || flight->arrivals_over || flight->sent > kReaderMaxCatchUp) {
-      return std::nullopt;
-    }
-    std::shared_ptr<net::BodyStream> stream;
-    net::Response r = net::Response::Streamed(200, flight->content_type, &stream, flight->length);
+    if (!flight->head_known || flight->arrivals_over) return std::nullopt;
+    auto reader = std::make_shared<FlightReader>();
+    reader->fd = ::open(flight->tmp_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (reader->fd < 0) return std::nullopt;
+    net::Response r =
+        net::Response::Streamed(200, flight->content_type, &reader->stream, flight->length);
     r.With("ETag", "\"" + flight->sha256 + "\"")
         .With("X-Content-SHA256", flight->sha256)
         .With("Cache-Control", kImmutableCacheControl)
         .With("X-Deltastream-Cache", "miss-arriving");
-    if (flight->sent > 0) {
-      const int fd = ::open(flight->tmp_path.c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd < 0) return std::nullopt;
-      std::string prefix(flight->sent, '\0');
-      size_t got = 0;
-      while (got < prefix.size()) {
-        const ssize_t n =
-            ::pread(fd, prefix.data() + got, prefix.size() - got, static_cast<off_t>(got));
-        if (n <= 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        got += static_cast<size_t>(n);
-      }
-      ::close(fd);
-      if (got != prefix.size()) return std::nullopt;
-      stream->Write(std::move(prefix));
+    // What arrived so far goes out now (up to the window); the rest as it arrives.
+    switch (PumpLocked(flight, reader)) {
+      case Pumped::kGoing:
+        flight->readers.push_back(reader);
+        break;
+      case Pumped::kDropped:
+        return std::nullopt;
+      case Pumped::kParked:
+      case Pumped::kDone:
+        break;
     }
-    flight->readers.push_back(stream);
     std::lock_guard<std::mutex> stats_lock(mu_);
     ++stats_.streamed_while_arriving;
     return r;
@@ -726,22 +795,21 @@ class Proxy::Impl {
     Flight& f = *flight;
     // However this ends, readers are released: whole only after verification, else cut.
     struct Finish {
-      Flight& f;
+      const std::shared_ptr<Flight>& flight;
       bool verified = false;
       ~Finish() {
+        Flight& f = *flight;
         std::lock_guard<std::mutex> lock(f.mu);
-        if (verified && !f.held.empty()) {
-          for (auto& reader : f.readers) reader->Write(f.held);
-        }
-        for (auto& reader : f.readers) {
-          if (verified) reader->Close();
-        }
-        f.readers.clear();  // Unclosed streams end short: their connections close.
-        f.held.clear();
+        f.verified = verified;
+        f.released = f.arrived;
         f.arrivals_over = true;
+        // Readers that are not parked get the rest now (or are cut); parked ones when their
+        // connections drain.
+        PumpAllLocked(flight);
+        f.readers.clear();
         f.cv.notify_all();
       }
-    } finish{f};
+    } finish{flight};
     if (!breaker_.Allow()) {
       return Error(ErrorCode::kUnavailable,
                    "upstream " + options_.upstream + " is failing (circuit breaker open)");
@@ -789,8 +857,9 @@ class Proxy::Impl {
         done += static_cast<size_t>(n);
       }
       std::lock_guard<std::mutex> lock(f.mu);
-      if (!f.held.empty()) FanOutLocked(f, f.held);
-      f.held.assign(reinterpret_cast<const char*>(piece.data()), piece.size());
+      f.released = f.arrived;  // All but this last piece.
+      f.arrived += piece.size();
+      PumpAllLocked(flight);
       return Status::Ok();
     };
     Result<net::ClientResponse> r = client_.GetStream(options_.upstream + target, on_head, on_data);
@@ -1361,6 +1430,9 @@ class Proxy::Impl {
   std::unordered_map<std::string, Negative> negative_;
   std::vector<std::pair<int64_t, std::string>> graveyard_;  // (unlink after, key)
   ProxyStats stats_;
+  // Readers of arriving objects whose clients left before the end (counted from io threads).
+  std::shared_ptr<std::atomic<uint64_t>> readers_dropped_ =
+      std::make_shared<std::atomic<uint64_t>>(0);
   std::vector<std::pair<int64_t, std::string>> transient_;  // (unlink after, path)
   std::unordered_map<std::string, std::shared_ptr<std::mutex>> version_locks_;
   // Version sha256 -> (usable until, rebuilt file): concurrent and repeated requests share it.

@@ -368,11 +368,13 @@ struct Reader {
   std::string body;
   Result<net::ClientResponse> result = Status(ErrorCode::kInternal, "not run");
   std::thread thread;
-  void Start(const std::string& url) {
-    thread = std::thread([this, url] {
-      result = net::Client().GetStream(url, [this](int, ByteView piece) {
+  // |pause_us|: the reader sleeps this long after every piece (a client on a slow link).
+  void Start(const std::string& url, int pause_us = 0) {
+    thread = std::thread([this, url, pause_us] {
+      result = net::Client().GetStream(url, [this, pause_us](int, ByteView piece) {
         body.append(reinterpret_cast<const char*>(piece.data()), piece.size());
         bytes += piece.size();
+        if (pause_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(pause_us));
         return Status::Ok();
       });
     });
@@ -420,6 +422,33 @@ TEST_F(ProxyTest, ClientsAreServedWhileTheObjectIsStillArriving) {
   const net::ClientResponse again = GetUrl(url);
   EXPECT_TRUE(again.body == Str(big));
   EXPECT_EQ(again.Header("x-deltastream-cache"), "hit");
+}
+
+// A device on a slow link fetching an object the proxy gets much faster from its upstream: the
+// reader falls tens of MiB behind the arrival. It is fed from the arriving file as its connection
+// drains (nothing piles up in memory) and gets the whole object; a fast reader of the same flight
+// is not held back by it.
+TEST_F(ProxyTest, ASlowReaderFarBehindTheArrivalGetsTheWholeObject) {
+  const Bytes big = PublishBig(40 << 20, 81);
+  ASSERT_FALSE(big.empty());
+  const std::string sha = ToHex(Sha256::Of(big));
+  auto proxy = StartProxy("proxy1", master_->url());
+  const std::string url = proxy->url() + "/v1/blobs/" + sha;
+  Reader slow, fast;
+  slow.Start(url, /*pause_us=*/1500);
+  ASSERT_TRUE(WaitUntil([&] { return slow.bytes > 0; }));
+  fast.Start(url);
+  fast.thread.join();
+  ASSERT_TRUE(fast.result.ok()) << fast.result.status().ToString();
+  EXPECT_TRUE(fast.body == Str(big));
+  EXPECT_LT(slow.bytes.load(), big.size() / 2) << "the slow reader was not slow: no test";
+  slow.thread.join();
+  ASSERT_TRUE(slow.result.ok()) << slow.result.status().ToString();
+  EXPECT_EQ(slow.result->status, 200);
+  EXPECT_EQ(slow.body.size(), big.size());
+  EXPECT_TRUE(slow.body == Str(big));
+  EXPECT_EQ(Metric(proxy->url(), "ds_proxy_upstream_fetches_total"), 1);
+  EXPECT_EQ(Metric(proxy->url(), "ds_proxy_stream_readers_dropped_total"), 0);
 }
 
 TEST_F(ProxyTest, AnArrivingObjectThatFailsVerificationIsNeverDeliveredWhole) {
