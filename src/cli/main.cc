@@ -107,6 +107,10 @@ int main(int argc, char** argv) {
   sv->add_option("--ondemand-memory-mib", serve.ondemand_memory_mib,
                  "Proxy: memory budget of on-demand delta jobs")
       ->capture_default_str();
+  sv->add_option("--ondemand-max-mib", serve.ondemand_max_mib,
+                 "Proxy: disk bound of the deltas it made itself, least recently used first out "
+                 "(0 = unbounded)")
+      ->capture_default_str();
   sv->add_option("--store", serve.store,
                  "Proxy: keep full artifacts and deltas (both), full artifacts only (full), or "
                  "deltas and every --keyframe-every-th version, rebuilding the others (delta)")

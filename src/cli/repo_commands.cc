@@ -161,6 +161,7 @@ Status RunProxy(const ServeArgs& args, const std::string& host, uint16_t port,
   po.udp_host = host;
   po.ondemand_queue = args.ondemand_queue;
   po.ondemand_memory_budget = args.ondemand_memory_mib << 20;
+  po.ondemand_max_bytes = args.ondemand_max_mib << 20;
   DS_ASSIGN_OR_RETURN(po.store, repo::ParseStorePolicy(args.store));
   po.keyframe_every = args.keyframe_every;
   DS_ASSIGN_OR_RETURN(std::shared_ptr<repo::Proxy> proxy, repo::RegisterProxyApi(&server, po));

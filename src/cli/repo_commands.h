@@ -36,6 +36,7 @@ struct ServeArgs {
   int udp_port = -1;  // Proxy: the UDP carrier's port (0 ephemeral); off when negative.
   uint64_t ondemand_queue = 16;
   uint64_t ondemand_memory_mib = 4096;
+  uint64_t ondemand_max_mib = 2048;  // Bound of the on-demand store (0 = unbounded).
   // Proxy role: storage policy (both, full, delta) and the keyframe interval of "delta".
   std::string store = "both";
   int keyframe_every = 8;

@@ -304,6 +304,8 @@ class Proxy::Impl {
       o.workers = options_.ondemand_workers;
       o.queue_capacity = options_.ondemand_queue;
       o.memory_budget = options_.ondemand_memory_budget;
+      o.max_stored_bytes = options_.ondemand_max_bytes;
+      o.evict_grace_ms = std::max<int64_t>(options_.evict_grace_ms, 1000);
       DS_ASSIGN_OR_RETURN(ondemand_, OnDemandDeltas::Open(o, [this](const std::string& sha) {
                             return ArtifactPath(sha);
                           }));
@@ -569,6 +571,7 @@ class Proxy::Impl {
     s.ondemand_failed = od.failed;
     s.ondemand_refused = od.refused;
     s.ondemand_stored_bytes = od.stored_bytes;
+    s.ondemand_evicted = od.evicted;
     s.cache_bytes = cache_bytes_;
     s.cache_entries = index_.size();
     s.breaker_state = breaker_.state();
@@ -1574,6 +1577,9 @@ std::string Proxy::MetricsText() const {
          "counter", static_cast<double>(s.transient_relays));
   metric("ds_proxy_ondemand_stored_bytes", "Bytes of on-demand patches and chunk maps stored.",
          "gauge", static_cast<double>(s.ondemand_stored_bytes));
+  metric("ds_proxy_ondemand_evicted_total",
+         "On-demand deltas removed to keep the store within --ondemand-max-mib.", "counter",
+         static_cast<double>(s.ondemand_evicted));
   return out;
 }
 

@@ -66,6 +66,7 @@ struct ProxyOptions {
   int ondemand_workers = 1;
   size_t ondemand_queue = 16;
   uint64_t ondemand_memory_budget = 4ull << 30;
+  uint64_t ondemand_max_bytes = 0;  // Bound of the on-demand store (0 = unbounded).
   // What is kept of artifacts and deltas (repo/proxy_store.h). kDelta keeps full artifacts only
   // of every |keyframe_every|-th version (and of versions no chain of deltas reaches) under
   // <cache_dir>/store/full/, the deltas of the chains under <cache_dir>/store/deltas/, and
@@ -98,6 +99,7 @@ struct ProxyStats {
   // refused (queue full).
   uint64_t ondemand_queued = 0, ondemand_running = 0, ondemand_done = 0, ondemand_not_worth = 0;
   uint64_t ondemand_failed = 0, ondemand_refused = 0, ondemand_stored_bytes = 0;
+  uint64_t ondemand_evicted = 0;
   // Storage policy: bytes under store/, full artifacts rebuilt from deltas (and failures),
   // versions kept in full because no chain reached them, objects relayed without being kept.
   uint64_t store_bytes = 0, rebuilds = 0, rebuild_failures = 0, chain_breaks = 0;

@@ -166,12 +166,26 @@ class OnDemandDeltas::Impl {
         fs::remove(d.path(), ec);
         continue;
       }
-      if (p.state == OnDemandState::kReady) patches_[p.sha256] = p.chunk_map_sha256;
-      pairs_[PairKey(p.base_sha256, p.result_sha256)] = p;
+      const std::string key = PairKey(p.base_sha256, p.result_sha256);
+      if (p.state == OnDemandState::kReady) {
+        patches_[p.sha256] = p.chunk_map_sha256;
+        owner_[p.sha256] = owner_[p.chunk_map_sha256] = key;
+        // Recency across restarts: the pair file's age (written when made).
+        std::error_code tec;
+        const auto age = fs::file_time_type::clock::now() - fs::last_write_time(d.path(), tec);
+        const int64_t age_ms =
+            tec ? 0 : std::chrono::duration_cast<std::chrono::milliseconds>(age).count();
+        last_used_[key] = MonoMs() - std::max<int64_t>(age_ms, 0);
+      }
+      pairs_[key] = p;
     }
     for (const auto& d : fs::directory_iterator(ObjectsDir(), ec)) {
       Result<uint64_t> size = FileSize(d.path().string());
       if (size.ok()) stored_bytes_ += *size;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      EvictLocked("");  // The bound may have been lowered since the last run.
     }
     for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
     return Status::Ok();
@@ -212,6 +226,10 @@ class OnDemandDeltas::Impl {
 
   std::optional<net::Response> ServeObject(const std::string& sha) {
     if (!IsHex64(sha)) return std::nullopt;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      TouchLocked(sha);
+    }
     Result<uint64_t> size = FileSize(ObjectPath(sha));
     if (!size.ok()) return std::nullopt;
     net::Response r;
@@ -231,6 +249,7 @@ class OnDemandDeltas::Impl {
       auto it = patches_.find(sha);
       if (it == patches_.end()) return std::nullopt;
       chunk_map_sha = it->second;
+      TouchLocked(sha);
     }
     Result<net::Response> r = Chunk(sha, chunk_map_sha, range);
     return r.ok() ? std::move(*r) : net::Response::FromStatus(r.status());
@@ -246,6 +265,7 @@ class OnDemandDeltas::Impl {
     s.failed = failed_;
     s.refused = refused_;
     s.stored_bytes = stored_bytes_;
+    s.evicted = evicted_;
     return s;
   }
 
@@ -266,7 +286,49 @@ class OnDemandDeltas::Impl {
         return std::nullopt;
       }
     }
+    if (it->second.state == OnDemandState::kReady) last_used_[key] = MonoMs();
     return it->second;
+  }
+
+  // Recency of the pair an object belongs to. REQUIRES: mu_ held.
+  void TouchLocked(const std::string& sha) {
+    auto it = owner_.find(sha);
+    if (it != owner_.end()) last_used_[it->second] = MonoMs();
+  }
+
+  // Removes least recently used ready pairs (never |keep|, nor one used within the grace) until
+  // objects/ fits max_stored_bytes. Their files go first, then the records: a crash between
+  // leaves a pair file naming missing objects, which Init() discards. REQUIRES: mu_ held.
+  void EvictLocked(const std::string& keep) {
+    if (options_.max_stored_bytes == 0) return;
+    const int64_t now = MonoMs();
+    while (stored_bytes_ > options_.max_stored_bytes) {
+      std::string victim;
+      int64_t oldest = 0;
+      for (const auto& [key, used] : last_used_) {
+        if (key == keep || now - used < options_.evict_grace_ms) continue;
+        if (victim.empty() || used < oldest) {
+          victim = key;
+          oldest = used;
+        }
+      }
+      if (victim.empty()) return;  // Everything left is in use: over the bound for a while.
+      const OnDemandDelta p = pairs_[victim];
+      for (const std::string& sha : {p.sha256, p.chunk_map_sha256}) {
+        auto o = owner_.find(sha);
+        if (o == owner_.end() || o->second != victim) continue;
+        Result<uint64_t> size = FileSize(ObjectPath(sha));
+        if (::unlink(ObjectPath(sha).c_str()) == 0 && size.ok()) {
+          stored_bytes_ -= std::min(stored_bytes_, *size);
+        }
+        owner_.erase(o);
+      }
+      ::unlink((PairsDir() + "/" + victim + ".json").c_str());
+      patches_.erase(p.sha256);
+      pairs_.erase(victim);
+      last_used_.erase(victim);
+      ++evicted_;
+    }
   }
 
   Result<net::Response> Chunk(const std::string& sha, const std::string& chunk_map_sha,
@@ -355,7 +417,10 @@ class OnDemandDeltas::Impl {
         pairs_[*key] = job;
         if (job.state == OnDemandState::kReady) {
           patches_[job.sha256] = job.chunk_map_sha256;
+          owner_[job.sha256] = owner_[job.chunk_map_sha256] = *key;
+          last_used_[*key] = MonoMs();
           ++done_;
+          EvictLocked(*key);
         } else {
           ++not_worth_;
         }
@@ -444,11 +509,14 @@ class OnDemandDeltas::Impl {
   std::map<std::string, OnDemandDelta> pairs_;  // By PairKey.
   std::map<std::string, int64_t> failed_at_;    // PairKey -> MonoMs of the failure.
   std::map<std::string, std::string> patches_;  // Stored patch sha256 -> chunk map sha256.
+  std::map<std::string, std::string> owner_;    // Stored object sha256 -> its pair's PairKey.
+  std::map<std::string, int64_t> last_used_;    // Ready PairKey -> MonoMs of its last use.
   std::deque<std::string> queue_;
   int running_ = 0;
   uint64_t mem_in_use_ = 0;
   bool stop_ = false;
   uint64_t done_ = 0, not_worth_ = 0, failed_ = 0, refused_ = 0, stored_bytes_ = 0;
+  uint64_t evicted_ = 0;
   std::vector<std::thread> workers_;
 };
 

@@ -9,9 +9,11 @@
 //   objects/<sha256>                 patches and their chunk maps, named by their SHA-256
 //   pairs/<base sha256>-<result sha256>.json   the outcome for one pair (ready or not_worth)
 //   tmp/                             job outputs in progress; emptied at Open()
-// These objects are the proxy's own: never fetched from or checked against the upstream, never
-// evicted by the pull-through cache's LRU bound. On-demand deltas are not signed: a device
-// checks the rebuilt file against the master-signed result hash.
+// These objects are the proxy's own: never fetched from or checked against the upstream, and
+// bounded by |max_stored_bytes| on their own (least recently used ready pairs go first; a pair
+// used in the last |evict_grace_ms| stays, so a device streaming it is not cut). An evicted pair
+// is made again on its next request. On-demand deltas are not signed: a device checks the
+// rebuilt file against the master-signed result hash.
 //
 // Thread-safety: OnDemandDeltas is thread-safe.
 #ifndef DELTASTREAM_REPO_PROXY_DELTAS_H_
@@ -35,6 +37,9 @@ struct OnDemandOptions {
   uint64_t memory_budget = 4ull << 30;
   // A failed pair is answered "full" for this long, then tried again on the next request.
   int64_t failure_retry_ms = 30000;
+  // Bound of objects/ (patches and chunk maps); 0 = unbounded.
+  uint64_t max_stored_bytes = 0;
+  int64_t evict_grace_ms = 60000;
 };
 
 enum class OnDemandState { kQueued, kRunning, kReady, kNotWorth, kFailed };
@@ -58,6 +63,7 @@ struct OnDemandStats {
   uint64_t queued = 0, running = 0;                           // Now.
   uint64_t done = 0, not_worth = 0, failed = 0, refused = 0;  // Since Open().
   uint64_t stored_bytes = 0;                                  // Patches and chunk maps in objects/.
+  uint64_t evicted = 0;                                       // Ready pairs removed by the bound.
 };
 
 // Makes the full artifact |sha256| available as a local file whose bytes have that SHA-256, and
