@@ -150,6 +150,11 @@ class BodySink {
 };
 
 using Handler = std::function<Response(Request&)>;
+// A route's fast path: runs on the connection's I/O thread before anything is queued for the
+// worker pool, and answers at once when it can (a cache hit); nullopt hands the request to the
+// route's Handler on the worker pool. It must not block: no network, no waiting on a lock held
+// across I/O.
+using FastHandler = std::function<std::optional<Response>(Request&)>;
 // Runs on the worker pool like a Handler, but answers through the Responder whenever it likes
 // (long polls park it without holding a worker thread). Copy what you need from the Request:
 // it is only valid during the call.
@@ -187,6 +192,8 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   void Route(std::string method, std::string pattern, Handler handler);
+  // A route whose requests |fast| may answer on the I/O thread (FastHandler), else |handler|.
+  void Route(std::string method, std::string pattern, Handler handler, FastHandler fast);
   void StreamRoute(std::string method, std::string pattern, StreamHandler handler);
   void AsyncRoute(std::string method, std::string pattern, AsyncHandler handler);
   // A GET route is also served for HEAD (body omitted). Unknown path: 404; known path with

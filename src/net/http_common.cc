@@ -367,7 +367,7 @@ std::optional<uint64_t> ParseDecimal(std::string_view s) {
 namespace internal {
 
 void Router::Add(std::string method, std::string_view pattern, bool streamed, Handler handler,
-                 StreamHandler stream, AsyncHandler async) {
+                 StreamHandler stream, AsyncHandler async, FastHandler fast) {
   RouteEntry entry;
   entry.method = std::move(method);
   for (const std::string_view segment : SplitPath(pattern)) entry.segments.emplace_back(segment);
@@ -375,6 +375,7 @@ void Router::Add(std::string method, std::string_view pattern, bool streamed, Ha
   entry.handler = std::move(handler);
   entry.stream = std::move(stream);
   entry.async = std::move(async);
+  entry.fast = std::move(fast);
   routes_.push_back(std::move(entry));
 }
 

@@ -57,6 +57,7 @@ struct RouteEntry {
   Handler handler;
   StreamHandler stream;
   AsyncHandler async;  // Set for AsyncRoute routes (then |handler| is empty).
+  FastHandler fast;    // Optional, with |handler|.
 };
 
 struct RouteMatch {
@@ -72,7 +73,7 @@ struct RouteMatch {
 class Router {
  public:
   void Add(std::string method, std::string_view pattern, bool streamed, Handler handler,
-           StreamHandler stream, AsyncHandler async = nullptr);
+           StreamHandler stream, AsyncHandler async = nullptr, FastHandler fast = nullptr);
   // |path| is the raw (still percent-encoded) path. HEAD matches GET routes. Among routes that
   // match, the one with the most literal segments wins (then the first added).
   RouteMatch Match(std::string_view method, std::string_view path) const;

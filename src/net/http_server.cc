@@ -377,6 +377,15 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
     req_.body = std::move(body_parser_->get().body());
     body_parser_.reset();
     if (route_->async) return RunAsyncHandler();
+    if (route_->fast) {
+      std::optional<Response> fast;
+      try {
+        fast = route_->fast(req_);
+      } catch (...) {
+        fast.reset();  // The worker's handler gets the request (and reports its own errors).
+      }
+      if (fast) return Respond(std::move(*fast), false);
+    }
     OnWorker([self = Self()] {
       Response res;
       try {
@@ -1083,6 +1092,11 @@ Server::~Server() { Stop(); }
 
 void Server::Route(std::string method, std::string pattern, Handler handler) {
   impl_->router.Add(std::move(method), pattern, false, std::move(handler), {});
+}
+
+void Server::Route(std::string method, std::string pattern, Handler handler, FastHandler fast) {
+  impl_->router.Add(std::move(method), pattern, false, std::move(handler), {}, nullptr,
+                    std::move(fast));
 }
 
 void Server::StreamRoute(std::string method, std::string pattern, StreamHandler handler) {

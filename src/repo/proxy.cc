@@ -465,6 +465,27 @@ class Proxy::Impl {
 
   // |stream_ok|: the answer goes to an HTTP client, which may get an object while it is still
   // arriving from the upstream (a streamed body); internal callers need the whole file.
+  std::optional<net::Response> ServeCached(const net::Request& req, ObjectKind kind) {
+    if (options_.store != StorePolicy::kBoth) return std::nullopt;
+    std::string target = req.path;
+    if (kind == ObjectKind::kMutable && !req.query.empty()) target += "?" + req.query;
+    const std::string key =
+        ToHex(Sha256::Of(ByteView(reinterpret_cast<const uint8_t*>(target.data()), target.size())));
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto n = negative_.find(target); n != negative_.end() && MonoMs() < n->second.expires) {
+      ++stats_.negative_hits;
+      return net::Response::FromStatus(n->second.status).With("X-Deltastream-Cache", "hit");
+    }
+    auto it = index_.find(key);
+    if (it == index_.end()) return std::nullopt;
+    const EntryInfo& e = it->second.info;
+    if (!e.immutable() && NowMs() >= e.expires_ms) return std::nullopt;
+    lru_.splice(lru_.begin(), lru_, it->second.lru);
+    ++stats_.hits;
+    stats_.bytes_served += e.size;
+    return FileResponse(e, "hit");
+  }
+
   net::Response Serve(const net::Request& req, ObjectKind kind, const std::string& expected,
                       bool stream_ok = false) {
     if (kind == ObjectKind::kDeclared && options_.store == StorePolicy::kFull) {
@@ -1488,6 +1509,9 @@ net::Response Proxy::ServeChunk(const net::Request& req, const std::string& sha2
                                 const std::string& range) {
   return impl_->ServeChunk(req, sha256, range);
 }
+std::optional<net::Response> Proxy::ServeCached(const net::Request& req, ObjectKind kind) {
+  return impl_->ServeCached(req, kind);
+}
 Result<std::string> Proxy::UpstreamHealth() { return impl_->UpstreamHealth(); }
 ProxyStats Proxy::stats() const { return impl_->stats(); }
 const ProxyOptions& Proxy::options() const { return impl_->options(); }
@@ -1651,9 +1675,13 @@ Result<std::shared_ptr<Proxy>> RegisterProxyApi(net::Server* server, const Proxy
       return proxy->ServeObject(req, sha);
     });
   }
-  server->Route("GET", "/v1/chunks/{sha}/{range}", [proxy](Request& req) -> Response {
-    return proxy->ServeChunk(req, req.params["sha"], req.params["range"]);
-  });
+  // Chunks, the hot path of every delta stream: a cached chunk is answered on the I/O thread.
+  server->Route(
+      "GET", "/v1/chunks/{sha}/{range}",
+      [proxy](Request& req) -> Response {
+        return proxy->ServeChunk(req, req.params["sha"], req.params["range"]);
+      },
+      [proxy](Request& req) { return proxy->ServeCached(req, ObjectKind::kOpaque); });
   server->Route("GET", "/v1/artifacts/{artifact}/stream",
                 [proxy](Request& req) { return proxy->Stream(req); });
   for (const char* p :

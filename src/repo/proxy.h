@@ -132,6 +132,10 @@ class Proxy {
   Result<std::string> ObjectFile(const std::string& path);
   net::Response ServeChunk(const net::Request& req, const std::string& sha256,
                            const std::string& range);
+  // The answer when |req| (an object of |kind|) is a fresh cache hit or a remembered 404, from
+  // memory and without blocking (the routes' fast path on the I/O threads); nullopt otherwise,
+  // and always under a storage policy other than "both" (Serve() then decides).
+  std::optional<net::Response> ServeCached(const net::Request& req, ObjectKind kind);
 
   // GET /v1/health of the upstream (when the breaker allows): its JSON body, or the failure.
   Result<std::string> UpstreamHealth();

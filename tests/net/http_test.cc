@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <chrono>
 #include <cstdlib>
 #include <functional>
@@ -354,6 +355,62 @@ TEST_F(HttpTest, ParamsAndQueryAreDecoded) {
     EXPECT_EQ(r->status, 400) << bad;
     EXPECT_EQ(CodeOf(StatusFromResponse(*r)), ErrorCode::kInvalidArgument);
   }
+}
+
+// A route's fast path answers on the I/O thread, even while every worker is busy; what it
+// declines goes to the handler on the workers.
+TEST_F(HttpTest, FastPathAnswersWhileTheWorkersAreBusy) {
+  ServerOptions o;
+  o.host = "127.0.0.1";
+  o.port = 0;
+  o.worker_threads = 1;
+  server_ = std::make_unique<Server>(o);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  server_->Route("GET", "/block", [&](Request&) {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait_for(lock, std::chrono::seconds(20), [&] { return release; });
+    return Response::Text(200, "unblocked");
+  });
+  std::atomic<int> slow_calls{0};
+  server_->Route(
+      "GET", "/obj/{name}",
+      [&](Request& r) {
+        ++slow_calls;
+        return Response::Text(200, "slow " + r.params["name"]);
+      },
+      [](Request& r) -> std::optional<Response> {
+        if (r.params["name"] != "cached") return std::nullopt;
+        return Response::Text(200, "fast cached");
+      });
+  ASSERT_TRUE(server_->Start().ok());
+  const std::string base = "http://127.0.0.1:" + std::to_string(server_->port());
+  std::thread blocker([&] {
+    Result<ClientResponse> b = Client().Get(base + "/block");
+    EXPECT_TRUE(b.ok() && b->body == "unblocked");
+  });
+  auto unblock = [&] {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      release = true;
+    }
+    cv.notify_all();
+    if (blocker.joinable()) blocker.join();
+  };
+  // The only worker is held by /block; the fast path still answers.
+  std::this_thread::sleep_for(Ms(100));
+  Result<ClientResponse> r = Client().Get(base + "/obj/cached");
+  const bool fast_ok = r.ok() && r->body == "fast cached";
+  const int slow_before = slow_calls.load();
+  unblock();
+  ASSERT_TRUE(fast_ok) << (r.ok() ? r->body : r.status().ToString());
+  EXPECT_EQ(slow_before, 0);
+  r = Client().Get(base + "/obj/other");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->body, "slow other");
+  EXPECT_EQ(slow_calls.load(), 1);
+  server_.reset();
 }
 
 TEST_F(HttpTest, UnknownPathIs404AndWrongMethodIs405) {
