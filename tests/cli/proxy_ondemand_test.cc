@@ -290,6 +290,11 @@ TEST_F(ProxyOnDemandTest, FullQueueIs503WithRetryAfter) {
   // One worker, one waiting job: the first pair runs, the second waits, the third is refused.
   auto proxy = StartProxy("proxy", {"--ondemand-workers", "1", "--ondemand-queue", "1"});
   EXPECT_EQ(GetUrl(proxy->url() + StreamPath(0, 3)).status, 202);
+  // The worker has taken the first job off the queue (on a loaded machine that takes a moment;
+  // until then the second job would find the queue full).
+  for (int i = 0; i < 200 && Metric(proxy->url(), "ds_proxy_ondemand_jobs_queued") > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   EXPECT_EQ(GetUrl(proxy->url() + StreamPath(1, 3)).status, 202);
   const net::ClientResponse refused = GetUrl(proxy->url() + StreamPath(0, 2));
   ASSERT_EQ(refused.status, 503) << refused.body;

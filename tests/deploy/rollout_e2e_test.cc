@@ -157,7 +157,9 @@ class RolloutTest : public ::testing::Test {
 
   void TearDown() override {
     for (Device& d : devices_) {
-      if (d.process) EXPECT_EQ(d.process->Stop(), 0) << d.id << " shuts down cleanly";
+      if (d.process) {
+        EXPECT_EQ(d.process->Stop(), 0) << d.id << " shuts down cleanly";
+      }
     }
   }
 
