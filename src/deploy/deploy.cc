@@ -349,10 +349,10 @@ Status DeployImpl::Heartbeat(std::string_view device_id, std::string_view body) 
 
 json DeployImpl::InstructionsLocked(const std::string& device_id) {
   json list = json::array();
-  CachedStatement h =
-      Stmt("SELECT t.deployment_id, d.artifact, d.version, d.policy, d.state, t.state "
-           "FROM targets t JOIN deployments d ON d.id = t.deployment_id "
-           "WHERE t.device_id=? AND d.state IN ('running','paused','halted') ORDER BY d.num");
+  CachedStatement h = Stmt(
+      "SELECT t.deployment_id, d.artifact, d.version, d.policy, d.state, t.state "
+      "FROM targets t JOIN deployments d ON d.id = t.deployment_id "
+      "WHERE t.device_id=? AND d.state IN ('running','paused','halted') ORDER BY d.num");
   SQLite::Statement& q = *h;
   q.bind(1, device_id);
   while (q.executeStep()) {
@@ -463,13 +463,14 @@ Result<std::string> DeployImpl::PostEvents(std::string_view device_id, std::stri
         if (!e.contains(k)) return std::nullopt;
         return e[k].get<std::string>();
       };
-      CachedStatement uph = Stmt("UPDATE targets SET state=?, bytes=COALESCE(?, bytes), "
-                           "total_bytes=COALESCE(?, total_bytes), full_bytes=COALESCE(?, "
-                           "full_bytes), rate_bps=COALESCE(?, rate_bps), carrier=COALESCE(?, "
-                           "carrier), result=COALESCE(?, result), error_code=COALESCE(?, "
-                           "error_code), bytes_saved=COALESCE(?, bytes_saved), "
-                           "from_version=COALESCE(?, from_version), updated=? "
-                           "WHERE deployment_id=? AND device_id=?");
+      CachedStatement uph = Stmt(
+          "UPDATE targets SET state=?, bytes=COALESCE(?, bytes), "
+          "total_bytes=COALESCE(?, total_bytes), full_bytes=COALESCE(?, "
+          "full_bytes), rate_bps=COALESCE(?, rate_bps), carrier=COALESCE(?, "
+          "carrier), result=COALESCE(?, result), error_code=COALESCE(?, "
+          "error_code), bytes_saved=COALESCE(?, bytes_saved), "
+          "from_version=COALESCE(?, from_version), updated=? "
+          "WHERE deployment_id=? AND device_id=?");
       SQLite::Statement& up = *uph;
       up.bind(1, state);
       int i = 2;
@@ -731,9 +732,9 @@ Result<std::string> DeployImpl::CreateDeployment(std::string_view body) {
       wi.bind(3, sizes[w]);
       wi.exec();
       for (int64_t k = 0; k < sizes[w]; ++k, ++next) {
-        CachedStatement tih =
-            Stmt("INSERT INTO targets(deployment_id, device_id, wave, state, from_version, "
-                 "base_sha256, updated) VALUES(?,?,?,'pending',?,?,?)");
+        CachedStatement tih = Stmt(
+            "INSERT INTO targets(deployment_id, device_id, wave, state, from_version, "
+            "base_sha256, updated) VALUES(?,?,?,'pending',?,?,?)");
         SQLite::Statement& ti = *tih;
         ti.bind(1, id);
         ti.bind(2, selected[next].id);
@@ -847,9 +848,9 @@ bool DeployImpl::EvaluateLocked(const std::string& id) {
     WaveCounts c;
   };
   std::vector<Wave> waves;
-  CachedStatement wh =
-      Stmt("SELECT idx, devices, state, prewarm_done FROM waves WHERE deployment_id=? ORDER BY "
-           "idx");
+  CachedStatement wh = Stmt(
+      "SELECT idx, devices, state, prewarm_done FROM waves WHERE deployment_id=? ORDER BY "
+      "idx");
   SQLite::Statement& w = *wh;
   w.bind(1, id);
   while (w.executeStep()) {

@@ -633,10 +633,10 @@ class Proxy::Impl {
     bool verified = false;  // Set with arrivals_over.
     uint64_t length = 0;
     std::string content_type, sha256, tmp_path;
-    uint64_t arrived = 0;   // Bytes written to the file.
-    uint64_t released = 0;  // Bytes readers may have.
+    uint64_t arrived = 0;                                // Bytes written to the file.
+    uint64_t released = 0;                               // Bytes readers may have.
     std::vector<std::shared_ptr<FlightReader>> readers;  // Not parked, still going.
-    std::shared_ptr<std::atomic<uint64_t>> dropped;             // The proxy's counter.
+    std::shared_ptr<std::atomic<uint64_t>> dropped;      // The proxy's counter.
   };
 
   // A tiny thread pool for fetches that serve readers while they arrive.
@@ -742,7 +742,8 @@ class Proxy::Impl {
   }
 
   // A parked reader's connection drained (or its client left): feed it again.
-  static void Unpark(const std::shared_ptr<Flight>& flight, const std::shared_ptr<FlightReader>& r) {
+  static void Unpark(const std::shared_ptr<Flight>& flight,
+                     const std::shared_ptr<FlightReader>& r) {
     std::lock_guard<std::mutex> lock(flight->mu);
     switch (PumpLocked(flight, r)) {
       case Pumped::kGoing:
