@@ -39,9 +39,10 @@ constexpr const char* kImmutableCacheControl = "public, max-age=31536000, immuta
 constexpr size_t kMaxNegativeEntries = 10000;
 // Serve-while-arriving: each reader is fed from the arriving file, at most this much queued for
 // its connection at a time (a slow client parks until half of it has gone, however far behind
-// the upstream it falls), in pieces of kReaderPiece.
-constexpr size_t kReaderWindow = 2u << 20;
-constexpr size_t kReaderPiece = 256u << 10;
+// the upstream it falls), in pieces of kReaderPiece. 1,000 readers of one arriving object hold
+// at most 512 MiB of queued bytes; the socket buffers keep a fast reader's link busy.
+constexpr size_t kReaderWindow = 512u << 10;
+constexpr size_t kReaderPiece = 128u << 10;
 // Accounted per entry on top of its data: the .meta file and the index.
 constexpr uint64_t kEntryOverhead = 512;
 
