@@ -468,14 +468,32 @@ class Proxy::Impl {
   // arriving from the upstream (a streamed body); internal callers need the whole file.
   std::optional<net::Response> ServeCached(const net::Request& req, ObjectKind kind) {
     if (options_.store != StorePolicy::kBoth) return std::nullopt;
+    const std::string target = CacheTarget(req, kind);
+    const std::string key = CacheKey(target);
+    std::lock_guard<std::mutex> lock(mu_);
+    return CachedLocked(target, key);
+  }
+
+  // What the cache keys an answer by: the raw path, plus the query for mutable answers.
+  static std::string CacheTarget(const net::Request& req, ObjectKind kind) {
     std::string target = req.path;
     if (kind == ObjectKind::kMutable && !req.query.empty()) target += "?" + req.query;
-    const std::string key =
-        ToHex(Sha256::Of(ByteView(reinterpret_cast<const uint8_t*>(target.data()), target.size())));
-    std::lock_guard<std::mutex> lock(mu_);
-    if (auto n = negative_.find(target); n != negative_.end() && MonoMs() < n->second.expires) {
-      ++stats_.negative_hits;
-      return net::Response::FromStatus(n->second.status).With("X-Deltastream-Cache", "hit");
+    return target;
+  }
+  static std::string CacheKey(const std::string& target) {
+    return ToHex(
+        Sha256::Of(ByteView(reinterpret_cast<const uint8_t*>(target.data()), target.size())));
+  }
+
+  // A remembered 404 of |target| or a fresh cache hit of |key|, counted; nullopt otherwise (an
+  // expired 404 is forgotten). REQUIRES: mu_ held.
+  std::optional<net::Response> CachedLocked(const std::string& target, const std::string& key) {
+    if (auto n = negative_.find(target); n != negative_.end()) {
+      if (MonoMs() < n->second.expires) {
+        ++stats_.negative_hits;
+        return net::Response::FromStatus(n->second.status).With("X-Deltastream-Cache", "hit");
+      }
+      negative_.erase(n);
     }
     auto it = index_.find(key);
     if (it == index_.end()) return std::nullopt;
@@ -494,30 +512,13 @@ class Proxy::Impl {
       return RelayTransient(req.path, kind, expected);
     }
     if (options_.store != StorePolicy::kBoth) SweepTransient();
-    std::string target = req.path;
-    if (kind == ObjectKind::kMutable && !req.query.empty()) target += "?" + req.query;
-    const std::string key =
-        ToHex(Sha256::Of(ByteView(reinterpret_cast<const uint8_t*>(target.data()), target.size())));
+    const std::string target = CacheTarget(req, kind);
+    const std::string key = CacheKey(target);
     std::shared_ptr<Flight> flight;
     bool leader = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      if (auto n = negative_.find(target); n != negative_.end()) {
-        if (MonoMs() < n->second.expires) {
-          ++stats_.negative_hits;
-          return net::Response::FromStatus(n->second.status).With("X-Deltastream-Cache", "hit");
-        }
-        negative_.erase(n);
-      }
-      if (auto it = index_.find(key); it != index_.end()) {
-        const EntryInfo& e = it->second.info;
-        if (e.immutable() || NowMs() < e.expires_ms) {
-          lru_.splice(lru_.begin(), lru_, it->second.lru);
-          ++stats_.hits;
-          stats_.bytes_served += e.size;
-          return FileResponse(e, "hit");
-        }
-      }
+      if (std::optional<net::Response> hit = CachedLocked(target, key)) return std::move(*hit);
       ++stats_.misses;
       if (auto f = flights_.find(key); f != flights_.end()) {
         flight = f->second;
@@ -742,21 +743,22 @@ class Proxy::Impl {
     return Pumped::kDone;
   }
 
-  // A parked reader's connection drained (or its client left): feed it again.
+  // PumpLocked, counting a client that left before the end (not one cut by a failed
+  // verification); true when |r| is to stay in the flight's list (parked readers are held by
+  // their connections). REQUIRES: flight->mu held.
+  static bool StaysLocked(const std::shared_ptr<Flight>& flight,
+                          const std::shared_ptr<FlightReader>& r) {
+    const Pumped p = PumpLocked(flight, r);
+    if (p == Pumped::kDropped && (flight->verified || !flight->arrivals_over)) ++*flight->dropped;
+    return p == Pumped::kGoing;
+  }
+
+  // A parked reader's connection drained (or its client left): feed it again; caught up with the
+  // arrival, it is fed as bytes arrive.
   static void Unpark(const std::shared_ptr<Flight>& flight,
                      const std::shared_ptr<FlightReader>& r) {
     std::lock_guard<std::mutex> lock(flight->mu);
-    switch (PumpLocked(flight, r)) {
-      case Pumped::kGoing:
-        flight->readers.push_back(r);  // Caught up with the arrival: fed as bytes arrive.
-        break;
-      case Pumped::kDropped:
-        if (flight->verified || !flight->arrivals_over) ++*flight->dropped;
-        break;
-      case Pumped::kParked:
-      case Pumped::kDone:
-        break;
-    }
+    if (StaysLocked(flight, r)) flight->readers.push_back(r);
   }
 
   // Feeds every reader that is not parked (after more bytes arrived, or at the end).
@@ -765,17 +767,7 @@ class Proxy::Impl {
     size_t kept = 0;
     for (size_t i = 0; i < f.readers.size(); ++i) {
       std::shared_ptr<FlightReader> r = std::move(f.readers[i]);
-      switch (PumpLocked(flight, r)) {
-        case Pumped::kGoing:
-          f.readers[kept++] = std::move(r);
-          break;
-        case Pumped::kDropped:
-          if (f.verified || !f.arrivals_over) ++*f.dropped;
-          break;
-        case Pumped::kParked:  // Its connection holds it until it drains.
-        case Pumped::kDone:
-          break;
-      }
+      if (StaysLocked(flight, r)) f.readers[kept++] = std::move(r);
     }
     f.readers.resize(kept);
   }
