@@ -3,6 +3,8 @@
 // warning when it is missing) and hand-made ones for features xdelta3 never writes.
 //
 //   usage: fuzz_make_seeds OUT_DIR   (writes OUT_DIR/<fuzzer>/seed-*)
+#include <zlib.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -70,6 +72,21 @@ ds::delta::GenerateOptions Small(uint64_t segment_size, bool ref) {
   return o;
 }
 
+// A gzip member of |data| written by zlib.
+Bytes Gzip(ByteView data) {
+  z_stream z{};
+  if (deflateInit2(&z, 6, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY) != Z_OK) std::exit(1);
+  Bytes out(deflateBound(&z, data.size()) + 64);
+  z.next_in = const_cast<Bytef*>(data.data());
+  z.avail_in = static_cast<uInt>(data.size());
+  z.next_out = out.data();
+  z.avail_out = static_cast<uInt>(out.size());
+  if (deflate(&z, Z_FINISH) != Z_STREAM_END) std::exit(1);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+
 std::vector<Case> Cases() {
   std::vector<Case> cases;
   // Mixed: text (reference segments), random with flips (copydiff), fresh bytes (stored).
@@ -102,6 +119,14 @@ std::vector<Case> Cases() {
     Case c{"pointer-shift", Random(2048, 9), {}, Small(256, false)};
     c.new_bytes = c.old_bytes;
     for (size_t i = 0; i + 4 <= c.new_bytes.size(); i += 16) c.new_bytes[i] += 0x10;
+    cases.push_back(c);
+  }
+  {
+    // Gzip'd text with an edit: the deflate transform (DSPF 1.2).
+    Bytes text = Text(6000, 13);
+    Case c{"gzip", Gzip(text), {}, Small(1 << 20, false)};
+    text.insert(text.begin() + 3000, text.begin() + 10, text.begin() + 50);
+    c.new_bytes = Gzip(text);
     cases.push_back(c);
   }
   cases.push_back({"identical", Random(2000, 10), Random(2000, 10), Small(512, true)});

@@ -63,10 +63,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     limits.max_segment_output = 4096;
     limits.max_segment_payload = 4096;
     limits.max_ref_window = 4096;
+    limits.max_puff = 4096;
   } else {
     limits.max_segment_output = 1 << 20;
     limits.max_segment_payload = 1 << 20;
     limits.max_ref_window = 1 << 20;
+    limits.max_puff = 1 << 20;
   }
   const Run chunked = ApplyChunked(in, limits, true);
   const Run whole = ApplyChunked(in, limits, false);

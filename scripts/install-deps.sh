@@ -17,6 +17,8 @@ packages=(
   libisal-dev zlib1g-dev
   # tests, fuzzing, benchmarks (the VCDIFF tests check interop with the real xdelta3)
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev xdelta3
+  # the deflate transform tests make archives with the real tools (gzip and tar are essential)
+  zip
   # an HTTP cache in front of a proxy (tests/cli/proxy_nginx_test.cc runs the real nginx)
   nginx-light
   # network lab for the agent tests: namespaces and tc shaping (iproute2), packet loss (nftables)

@@ -194,14 +194,20 @@ Status RunInspect(const InspectArgs& args) {
   }
   for (size_t t = 1; t <= delta::kMaxTransform; ++t) {
     if (transform_segments[t] == 0) continue;
-    std::printf("transform   %s: %" PRIu64 " segments, %" PRIu64
-                " new bytes, %zu+%zu code regions\n",
-                delta::TransformName(static_cast<delta::Transform>(t)), transform_segments[t],
-                transform_bytes[t], h.old_regions.size(), h.new_regions.size());
-  }
-  if (h.flags & delta::kFlagCodeRegions) {
-    std::printf("transforms  saved %" PRIu64 " B over the plain encoding of their segments\n",
-                h.transform_saved);
+    const auto tr = static_cast<delta::Transform>(t);
+    if (tr == delta::Transform::kDeflate) {
+      std::printf("transform   %s: %" PRIu64 " segments (deflate streams), %" PRIu64
+                  " new bytes, puffs up to %" PRIu64 " B, saved %" PRIu64
+                  " B over the plain encoding of the same streams\n",
+                  delta::TransformName(tr), transform_segments[t], transform_bytes[t], h.max_puff,
+                  h.deflate_saved);
+    } else {
+      std::printf("transform   %s: %" PRIu64 " segments, %" PRIu64
+                  " new bytes, %zu+%zu code regions, saved %" PRIu64
+                  " B over the plain encoding of their segments\n",
+                  delta::TransformName(tr), transform_segments[t], transform_bytes[t],
+                  h.old_regions.size(), h.new_regions.size(), h.transform_saved);
+    }
   }
   std::printf("%5s %12s %10s %-9s %10s  %s\n", "#", "new offset", "length", "method", "payload",
               "detail");
@@ -220,7 +226,12 @@ Status RunInspect(const InspectArgs& args) {
       detail =
           "ref old[" + std::to_string(s.ref_offset) + ", +" + std::to_string(s.ref_length) + ")";
     }
-    if (s.header.transform != delta::Transform::kNone) {
+    if (s.header.transform == delta::Transform::kDeflate) {
+      detail += ", transform deflate: old stream [" + std::to_string(s.header.old_offset) + ", +" +
+                std::to_string(s.header.old_length) + "), puffs " +
+                std::to_string(s.header.old_puff_length) + " -> " +
+                std::to_string(s.header.puff_length) + " B";
+    } else if (s.header.transform != delta::Transform::kNone) {
       detail += std::string(", transform ") + delta::TransformName(s.header.transform);
     }
     std::printf("%5zu %12" PRIu64 " %10" PRIu64 " %-9s %10" PRIu64 "  %s\n", i + 1,

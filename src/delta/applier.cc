@@ -16,6 +16,7 @@
 #include "common/fs.h"
 #include "common/hash.h"
 #include "delta/branch_filter.h"
+#include "delta/deflate_puff.h"
 #include "delta/delta.h"
 #include "delta/vcdiff.h"
 
@@ -288,7 +289,7 @@ class PatchApplier::Impl {
     }
     if (header_.max_segment_output > limits_.max_segment_output ||
         header_.max_segment_payload > limits_.max_segment_payload ||
-        header_.max_ref_window > limits_.max_ref_window) {
+        header_.max_ref_window > limits_.max_ref_window || header_.max_puff > limits_.max_puff) {
       return Error(ErrorCode::kResourceLimit, "patch needs more memory per segment than allowed");
     }
     if (limits_.verify_old_hash) {
@@ -330,9 +331,11 @@ class PatchApplier::Impl {
                    where + (last ? " is last but the result is incomplete"
                                  : " completes the result but more segments are declared"));
     }
-    if (seg_.transform != Transform::kNone && !(header_.flags & kFlagCodeRegions)) {
+    if ((seg_.transform == Transform::kX86Branch || seg_.transform == Transform::kArm64Branch) &&
+        !(header_.flags & kFlagCodeRegions)) {
       return Error(ErrorCode::kPatchMalformed, where + " has a transform but the patch no tables");
     }
+    if (seg_.transform == Transform::kDeflate) DS_RETURN_IF_ERROR(CheckDeflateSegment(where));
     if (seg_.payload_length > header_.max_segment_payload) {
       return Error(ErrorCode::kPatchMalformed, where + " payload exceeds the declared maximum");
     }
@@ -348,11 +351,15 @@ class PatchApplier::Impl {
     if (Crc32c(payload_, seg_crc_) != seg_stored_crc_) {
       return Error(ErrorCode::kPatchChecksum, where + " checksum mismatch");
     }
-    output_.resize(seg_.new_length);
+    const bool deflate = seg_.transform == Transform::kDeflate;
+    if (deflate) DS_RETURN_IF_ERROR(LoadOldPuff().WithContext(where));
+    // A deflate segment's method produces the new puff; any other the new bytes.
+    method_length_ = deflate ? seg_.puff_length : seg_.new_length;
+    output_.resize(method_length_);
     Status s;
     switch (seg_.method) {
       case Method::kStored:
-        if (payload_.size() != seg_.new_length) {
+        if (payload_.size() != method_length_) {
           s = Error(ErrorCode::kPatchMalformed, "stored payload length differs from its range");
         } else {
           std::memcpy(output_.data(), payload_.data(), payload_.size());
@@ -368,7 +375,18 @@ class PatchApplier::Impl {
     }
     if (!s.ok()) return s.WithContext(where);
     // The method rebuilt the transformed bytes; undo the transform (docs/FORMAT.md).
-    ApplyBranchFilter(seg_.transform, header_.new_regions, seg_.new_offset, output_, false);
+    if (deflate) {
+      Result<Bytes> stream = Huff(output_);
+      if (!stream.ok()) return stream.status().WithContext(where + " (new puff)");
+      if (stream->size() != seg_.new_length) {
+        return Error(ErrorCode::kPatchOutputMismatch,
+                     where + " puff re-encodes to " + std::to_string(stream->size()) +
+                         " bytes, expected " + std::to_string(seg_.new_length));
+      }
+      output_ = std::move(stream).value();
+    } else {
+      ApplyBranchFilter(seg_.transform, header_.new_regions, seg_.new_offset, output_, false);
+    }
     if (Crc32c(output_) != seg_.output_crc32c) {
       return Error(ErrorCode::kPatchOutputMismatch, where + " rebuilt bytes fail their checksum");
     }
@@ -404,7 +422,7 @@ class PatchApplier::Impl {
   Status DecodeCopyDiff() {
     CopyDiffLayout layout;
     DS_RETURN_IF_ERROR(ParseCopyDiffPayload(payload_, &layout));
-    const uint64_t n = seg_.new_length;
+    const uint64_t n = method_length_;
     // Each control entry yields at least one byte and takes at most three 10-byte varints.
     if (layout.raw_len[kDiffStream] > n || layout.raw_len[kLiteralStream] > n ||
         layout.raw_len[kControlStream] > 30 * n) {
@@ -417,7 +435,7 @@ class PatchApplier::Impl {
 
     ByteReader cr(ctrl);
     uint64_t out_pos = 0, diff_pos = 0, lit_pos = 0;
-    const uint64_t old_size = old_->size();
+    const uint64_t old_size = OldSize();
     // Where the last two copies ended, in old and in this segment's output (docs/FORMAT.md).
     CopyAnchor last, before_last;
     while (!cr.empty()) {
@@ -474,19 +492,75 @@ class PatchApplier::Impl {
     ZstdRefLayout layout;
     DS_RETURN_IF_ERROR(ParseZstdRefPayload(payload_, &layout));
     uint64_t end;
-    if (layout.ref_length > header_.max_ref_window ||
-        !CheckedAddU64(layout.ref_offset, layout.ref_length, &end) || end > old_->size()) {
+    const uint64_t max_window =
+        seg_.transform == Transform::kDeflate ? header_.max_puff : header_.max_ref_window;
+    if (layout.ref_length > max_window ||
+        !CheckedAddU64(layout.ref_offset, layout.ref_length, &end) || end > OldSize()) {
       return Error(ErrorCode::kPatchMalformed, "reference window out of range");
     }
     ref_buf_.resize(layout.ref_length);
     DS_RETURN_IF_ERROR(ReadOld(layout.ref_offset, ref_buf_));
     if (seg_.method == Method::kZstdRef) return DecodeZstd(dctx(), layout.frame, ref_buf_, output_);
-    return DecodeLzmaRef(layout.frame, &ref_buf_, seg_.new_length, output_);
+    return DecodeLzmaRef(layout.frame, &ref_buf_, method_length_, output_);
+  }
+
+  // The old file as the current segment's method sees it: the old puff for a deflate segment.
+  uint64_t OldSize() const {
+    return seg_.transform == Transform::kDeflate ? old_puff_.size() : old_->size();
+  }
+
+  // The fields of a deflate segment, checked against the header and the old file.
+  Status CheckDeflateSegment(const std::string& where) const {
+    if (!(header_.flags & kFlagDeflate)) {
+      return Error(ErrorCode::kPatchMalformed,
+                   where + " is a deflate segment but the patch lacks the deflate flag");
+    }
+    uint64_t end;
+    if (seg_.old_length == 0 || !CheckedAddU64(seg_.old_offset, seg_.old_length, &end) ||
+        end > old_->size()) {
+      return Error(ErrorCode::kPatchMalformed, where + " names an old stream outside the old file");
+    }
+    if (seg_.puff_length == 0 || seg_.puff_length > header_.max_puff || seg_.old_puff_length == 0 ||
+        seg_.old_puff_length > header_.max_puff) {
+      return Error(ErrorCode::kPatchMalformed, where + " puff lengths exceed the declared maximum");
+    }
+    return Status::Ok();
+  }
+
+  // Puffs the old deflate stream of the current segment into old_puff_ (kept for the next
+  // segment that names the same stream).
+  Status LoadOldPuff() {
+    if (old_puff_valid_ && old_puff_offset_ == seg_.old_offset &&
+        old_puff_stream_length_ == seg_.old_length) {
+      return Status::Ok();
+    }
+    old_puff_valid_ = false;
+    Bytes stream(seg_.old_length);
+    DS_RETURN_IF_ERROR(old_->ReadAt(seg_.old_offset, stream));
+    PuffLimits limits;
+    limits.max_puff = seg_.old_puff_length;
+    Result<Puffed> p = Puff(stream, limits);
+    if (!p.ok() || p->deflate_size != seg_.old_length || p->puff.size() != seg_.old_puff_length) {
+      return Error(ErrorCode::kPatchMalformed,
+                   "old[" + std::to_string(seg_.old_offset) + ", +" +
+                       std::to_string(seg_.old_length) +
+                       ") is not the deflate stream the patch describes" +
+                       (p.ok() ? std::string() : ": " + p.status().message()));
+    }
+    old_puff_ = std::move(p->puff);
+    old_puff_offset_ = seg_.old_offset;
+    old_puff_stream_length_ = seg_.old_length;
+    old_puff_valid_ = true;
+    return Status::Ok();
   }
 
   // Reads the old file as the current segment's transform sees it. REQUIRES: in range.
   Status ReadOld(uint64_t pos, std::span<uint8_t> out) {
     if (seg_.transform == Transform::kNone) return old_reader_.Read(pos, out);
+    if (seg_.transform == Transform::kDeflate) {
+      if (!out.empty()) std::memcpy(out.data(), old_puff_.data() + pos, out.size());
+      return Status::Ok();
+    }
     // Transformed: whole filter blocks, filtered, kept in a small direct-mapped cache (copies
     // alternate between a few old areas; refiltering a block on every switch is slow).
     while (!out.empty()) {
@@ -532,6 +606,11 @@ class PatchApplier::Impl {
   };
   std::vector<FilteredBlock> fblocks_ = std::vector<FilteredBlock>(kFilteredBlockSlots);
   TargetMap target_map_;  // From the header's transform tables.
+  // Deflate segments: the puff of the old stream last named, and the method's output length.
+  Bytes old_puff_;
+  uint64_t old_puff_offset_ = 0, old_puff_stream_length_ = 0;
+  bool old_puff_valid_ = false;
+  uint64_t method_length_ = 0;
   uint64_t segments_done_ = 0;
   uint64_t output_bytes_ = 0;
   uint64_t patch_offset_ = 0;  // Patch bytes consumed.

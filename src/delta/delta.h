@@ -86,6 +86,9 @@ struct ApplyLimits {
   uint64_t max_segment_output = 64ull << 20;
   uint64_t max_segment_payload = 96ull << 20;
   uint64_t max_ref_window = 64ull << 20;
+  // Largest puff (old or new) of a deflate segment (DSPF 1.2); a deflate segment holds both
+  // puffs and the re-encoded stream.
+  uint64_t max_puff = 64ull << 20;
   // Hash the whole old file before the first segment (kPatchWrongBase on mismatch). Leave on
   // unless the caller has verified the old file's SHA-256 itself.
   bool verify_old_hash = true;

@@ -14,6 +14,7 @@
 #include "common/byte_writer.h"
 #include "common/hash.h"
 #include "delta/branch_filter.h"
+#include "delta/deflate_streams.h"
 #include "delta/delta_gen.h"
 #include "delta/elf.h"
 #include "delta/matcher.h"
@@ -406,21 +407,16 @@ struct Plan {
   }
 };
 
-}  // namespace
+int ThreadCount(const GenerateOptions& options) {
+  return options.threads > 0 ? options.threads
+                             : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
 
-Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& options,
-                            GenerateStats* stats) {
+// The plain patch: the whole new file matched against the whole old file.
+Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions& options,
+                              GenerateStats& st) {
   const auto t0 = Clock::now();
-  GenerateStats local_stats;
-  GenerateStats& st = stats ? *stats : local_stats;
-  st = GenerateStats();
-  if (options.segment_size == 0 || options.stream_level < 1 || options.stream_level > 22 ||
-      options.ref_level < 1 || options.ref_level > 22) {
-    return Error(ErrorCode::kInvalidArgument, "bad generator options");
-  }
-  const int threads = options.threads > 0
-                          ? options.threads
-                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const int threads = ThreadCount(options);
   const uint64_t n = old.size(), m = neu.size();
 
   FileHeader header;
@@ -616,6 +612,7 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
     if (seg.header.transform != Transform::kNone) ++st.transform_segments;
   }
   if (st.transform_segments > 0) {
+    header.minor = 1;  // Code regions are 1.1; nothing of 1.2 is used.
     header.flags |= kFlagCodeRegions;
     header.old_regions = tc.old_regions;
     header.new_regions = tc.new_regions;
@@ -656,6 +653,213 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
   for (const EncodedSegment& seg : plan.segments) WriteSegment(seg.header, seg.payload, &patch);
   st.total_seconds = SecondsSince(t0);
   return patch;
+}
+
+// A piece of the new file in a deflate plan: a stream rebuilt from its puff (pair >= 0) or bytes
+// between streams, encoded plainly.
+struct Piece {
+  uint64_t begin = 0, end = 0;
+  int pair = -1;
+};
+
+// The bytes of one encoded piece (a deflate segment or plain segments) and, for a stream, what
+// its plain encoding would have cost.
+struct PieceResult {
+  EncodedSegment seg;
+  uint64_t plain_size = 0;
+  Status status;
+};
+
+// The patch with the deflate transform: each deflate stream of the new file that has a namesake
+// in the old file (gzip member, zip entry) becomes one segment rebuilt from its puff, diffed
+// against the old stream's puff; the bytes between streams are encoded plainly. Empty when no
+// stream pairs up or no deflate segment beats its plain encoding.
+Result<Bytes> GenerateDeflate(ByteView old, ByteView neu, const GenerateOptions& options,
+                              GenerateStats& st) {
+  const auto t0 = Clock::now();
+  DeflateStreamLimits limits;
+  limits.max_puff = options.max_puff;
+  std::vector<DeflateStream> new_streams = FindDeflateStreams(neu, limits);
+  if (new_streams.empty()) return Bytes();
+  std::vector<DeflateStream> old_streams = FindDeflateStreams(old, limits);
+  std::vector<std::pair<size_t, size_t>> pairs;  // (new stream, old stream)
+  for (size_t i = 0; i < new_streams.size(); ++i) {
+    for (size_t j = 0; j < old_streams.size(); ++j) {
+      if (old_streams[j].name == new_streams[i].name) {
+        pairs.emplace_back(i, j);
+        break;
+      }
+    }
+  }
+  if (pairs.empty()) return Bytes();
+
+  const uint64_t m = neu.size();
+  std::vector<Piece> pieces;
+  auto add_gap = [&](uint64_t begin, uint64_t end) {
+    for (uint64_t b = begin; b < end; b += options.segment_size) {
+      pieces.push_back({b, std::min(end, b + options.segment_size), -1});
+    }
+  };
+  uint64_t pos = 0;
+  for (size_t k = 0; k < pairs.size(); ++k) {
+    const DeflateStream& ns = new_streams[pairs[k].first];
+    add_gap(pos, ns.offset);
+    pieces.push_back({ns.offset, ns.offset + ns.length, static_cast<int>(k)});
+    pos = ns.offset + ns.length;
+  }
+  add_gap(pos, m);
+
+  const int threads = ThreadCount(options);
+  std::vector<std::unique_ptr<Compressor>> comps;
+  for (int i = 0; i < threads; ++i) comps.push_back(std::make_unique<Compressor>());
+  Result<SuffixArray> sa = SuffixArray::Build(old);
+  if (!sa.ok()) return sa.status();
+  FileHeader header;
+  header.old_size = old.size();
+  header.new_size = m;
+  header.old_sha256 = Sha256::Of(old);
+  header.new_sha256 = Sha256::Of(neu);
+
+  // Streams first (the slow ones), then the gaps.
+  std::vector<size_t> order(pieces.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_partition(order.begin(), order.end(), [&](size_t i) { return pieces[i].pair >= 0; });
+  std::vector<PieceResult> results(pieces.size());
+  ParallelFor(threads, pieces.size(), [&](int worker, size_t task) {
+    const Piece& piece = pieces[order[task]];
+    PieceResult& r = results[order[task]];
+    Compressor* comp = comps[worker].get();
+    // The plain encoding, as the generic patch would make it.
+    std::vector<CopyOp> ops = MatchRange(*sa, neu, piece.begin, piece.end);
+    PruneCopies(&ops, piece.begin, kBinaryLiteralCost);
+    r.seg = Stored(neu, piece.begin, piece.end);
+    Result<EncodedSegment> cd =
+        EncodeCopyDiff(old, neu, piece.begin, ops, options.stream_level, comp);
+    if (!cd.ok()) {
+      r.status = cd.status();
+      return;
+    }
+    if (cd->encoded_size() < r.seg.encoded_size()) r.seg = std::move(cd).value();
+    r.plain_size = r.seg.encoded_size();
+    if (piece.pair < 0) return;
+    // In puff space.
+    const DeflateStream& ns = new_streams[pairs[piece.pair].first];
+    const DeflateStream& os = old_streams[pairs[piece.pair].second];
+    Result<SuffixArray> psa = SuffixArray::Build(os.puff);
+    if (!psa.ok()) {
+      r.status = psa.status();
+      return;
+    }
+    const uint64_t p = ns.puff.size();
+    std::vector<CopyOp> pops = MatchRange(*psa, ns.puff, 0, p);
+    PruneCopies(&pops, 0, LooksLikeText(ns.puff) ? kTextLiteralCost : kBinaryLiteralCost);
+    Result<EncodedSegment> best =
+        EncodeCopyDiff(os.puff, ns.puff, 0, pops, options.stream_level, comp);
+    if (!best.ok()) {
+      r.status = best.status();
+      return;
+    }
+    // Many small edits (text): LZMA2 over the whole old puff often does better.
+    if (best->encoded_size() * 1000 > p && p <= options.whole_file_limit) {
+      Result<EncodedSegment> lz = EncodeRef(os.puff, ns.puff, 0, p, 0, os.puff.size(), 0, comp);
+      if (!lz.ok()) {
+        r.status = lz.status();
+        return;
+      }
+      if (lz->encoded_size() < best->encoded_size()) best = std::move(lz);
+    }
+    // The four deflate fields cost a few bytes more than a plain segment header.
+    if (best->encoded_size() + 16 < r.seg.encoded_size()) {
+      best->header.transform = Transform::kDeflate;
+      best->header.old_offset = os.offset;
+      best->header.old_length = os.length;
+      best->header.old_puff_length = os.puff.size();
+      best->header.puff_length = p;
+      r.seg = std::move(best).value();
+    }
+  });
+  for (const PieceResult& r : results) DS_RETURN_IF_ERROR(r.status);
+
+  uint64_t saved = 0, deflate_segments = 0;
+  for (PieceResult& r : results) {
+    if (r.seg.header.transform != Transform::kDeflate) continue;
+    ++deflate_segments;
+    saved += r.plain_size - r.seg.encoded_size();
+  }
+  if (deflate_segments == 0) return Bytes();
+  header.flags = kFlagDeflate;
+  header.minor = 2;
+  header.deflate_saved = saved;
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    EncodedSegment& seg = results[i].seg;
+    const uint64_t len = pieces[i].end - pieces[i].begin;
+    seg.header.new_offset = pieces[i].begin;
+    seg.header.new_length = len;
+    seg.header.output_crc32c = Crc32c(neu.subspan(pieces[i].begin, len));
+    seg.header.payload_length = seg.payload.size();
+    header.max_segment_output = std::max(header.max_segment_output, len);
+    header.max_segment_payload = std::max<uint64_t>(header.max_segment_payload, seg.payload.size());
+    if (seg.header.transform == Transform::kDeflate) {
+      header.max_puff =
+          std::max({header.max_puff, seg.header.puff_length, seg.header.old_puff_length});
+    } else {
+      header.max_ref_window = std::max(header.max_ref_window, seg.ref_length);
+    }
+  }
+  header.segment_count = pieces.size();
+  GenerateStats ds;
+  ds.segments = pieces.size();
+  for (const PieceResult& r : results) {
+    ds.copy_ops += r.seg.copy_ops;
+    switch (r.seg.header.method) {
+      case Method::kStored:
+        ++ds.stored_segments;
+        break;
+      case Method::kCopyDiff:
+        ++ds.copydiff_segments;
+        break;
+      case Method::kZstdRef:
+      case Method::kLzmaRef:
+        ++ds.ref_segments;
+        break;
+    }
+  }
+  ds.deflate_segments = deflate_segments;
+  ds.deflate_saved_bytes = saved;
+  ds.deflate_seconds = SecondsSince(t0);
+  st = ds;
+  Bytes patch;
+  WriteFileHeader(header, &patch);
+  for (const PieceResult& r : results) WriteSegment(r.seg.header, r.seg.payload, &patch);
+  return patch;
+}
+
+}  // namespace
+
+Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& options,
+                            GenerateStats* stats) {
+  const auto t0 = Clock::now();
+  GenerateStats local_stats;
+  GenerateStats& st = stats ? *stats : local_stats;
+  st = GenerateStats();
+  if (options.segment_size == 0 || options.stream_level < 1 || options.stream_level > 22 ||
+      options.ref_level < 1 || options.ref_level > 22) {
+    return Error(ErrorCode::kInvalidArgument, "bad generator options");
+  }
+  Result<Bytes> plain = GenerateGeneric(old, neu, options, st);
+  if (!plain.ok() || !options.try_deflate || old.empty() || neu.empty()) return plain;
+  GenerateStats ds;
+  Result<Bytes> deflate = GenerateDeflate(old, neu, options, ds);
+  if (!deflate.ok()) return deflate.status();
+  // Never larger than the plain patch.
+  if (!deflate->empty() && deflate->size() < plain->size()) {
+    st = ds;
+    st.total_seconds = SecondsSince(t0);
+    return deflate;
+  }
+  st.deflate_seconds = ds.deflate_seconds;
+  st.total_seconds = SecondsSince(t0);
+  return plain;
 }
 
 }  // namespace ds::delta

@@ -32,8 +32,16 @@ Result<PatchInfo> InspectPatch(ByteView patch) {
         h.payload_length > info.header.max_segment_payload) {
       return Error(ErrorCode::kPatchMalformed, where + " exceeds the declared maxima");
     }
-    if (h.transform != Transform::kNone && !(info.header.flags & kFlagCodeRegions)) {
+    if ((h.transform == Transform::kX86Branch || h.transform == Transform::kArm64Branch) &&
+        !(info.header.flags & kFlagCodeRegions)) {
       return Error(ErrorCode::kPatchMalformed, where + " has a transform but the patch no tables");
+    }
+    if (h.transform == Transform::kDeflate &&
+        (!(info.header.flags & kFlagDeflate) || h.puff_length == 0 || h.old_length == 0 ||
+         h.puff_length > info.header.max_puff || h.old_puff_length > info.header.max_puff ||
+         h.old_offset > info.header.old_size ||
+         h.old_length > info.header.old_size - h.old_offset)) {
+      return Error(ErrorCode::kPatchMalformed, where + " has bad deflate fields");
     }
     expected_offset = end;
     if (h.payload_length > patch.size() - pos) {

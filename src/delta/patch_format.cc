@@ -32,6 +32,8 @@ const char* TransformName(Transform t) {
       return "x86-branch";
     case Transform::kArm64Branch:
       return "arm64-branch";
+    case Transform::kDeflate:
+      return "deflate";
   }
   return "unknown";
 }
@@ -90,6 +92,10 @@ void WriteFileHeader(const FileHeader& h, Bytes* out) {
     t.WriteVarint(h.transform_saved);
     f.WriteVarint(tables.size());
     f.WriteU32Le(Crc32c(tables));
+  }
+  if (h.flags & kFlagDeflate) {
+    f.WriteVarint(h.max_puff);
+    f.WriteVarint(h.deflate_saved);
   }
 
   const size_t start = out->size();
@@ -217,6 +223,11 @@ Status ParseFileHeader(ByteView buf, FileHeader* h, size_t* consumed) {
       return Error(ErrorCode::kPatchMalformed, "transform tables too long");
     }
   }
+  if (out.flags & kFlagDeflate) {
+    if (!fr.ReadVarint(&out.max_puff) || !fr.ReadVarint(&out.deflate_saved)) {
+      return Error(ErrorCode::kPatchMalformed, "file header fields truncated");
+    }
+  }
   if (out.flags & kFlagCodeRegions) {
     if (buf.size() - total < tables_len) {
       // Check what can be checked before waiting for the tables.
@@ -242,6 +253,9 @@ Status ValidateFileHeader(const FileHeader& h) {
   if (!(h.flags & kFlagCodeRegions) &&
       (!h.old_regions.empty() || !h.new_regions.empty() || !h.address_map.empty())) {
     return Error(ErrorCode::kPatchMalformed, "code regions without their flag");
+  }
+  if (!(h.flags & kFlagDeflate) && (h.max_puff != 0 || h.deflate_saved != 0)) {
+    return Error(ErrorCode::kPatchMalformed, "deflate fields without their flag");
   }
   DS_RETURN_IF_ERROR(ValidateCodeRegions(h.old_regions, h.old_size));
   DS_RETURN_IF_ERROR(ValidateCodeRegions(h.new_regions, h.new_size));
@@ -279,6 +293,12 @@ void WriteSegment(const SegmentHeader& s, ByteView payload, Bytes* out) {
   f.WriteU8(static_cast<uint8_t>(s.transform));
   f.WriteVarint(payload.size());
   f.WriteU32Le(s.output_crc32c);
+  if (s.transform == Transform::kDeflate) {
+    f.WriteVarint(s.old_offset);
+    f.WriteVarint(s.old_length);
+    f.WriteVarint(s.old_puff_length);
+    f.WriteVarint(s.puff_length);
+  }
 
   const size_t start = out->size();
   ByteWriter w(out);
@@ -326,6 +346,11 @@ Status ParseSegmentHeader(ByteView buf, SegmentHeader* s, size_t* consumed, uint
   }
   out.method = static_cast<Method>(method);
   out.transform = static_cast<Transform>(transform);
+  if (out.transform == Transform::kDeflate &&
+      (!fr.ReadVarint(&out.old_offset) || !fr.ReadVarint(&out.old_length) ||
+       !fr.ReadVarint(&out.old_puff_length) || !fr.ReadVarint(&out.puff_length))) {
+    return Error(ErrorCode::kPatchMalformed, "deflate segment fields truncated");
+  }
   *crc_state = Crc32c(buf.first(covered));
   *s = out;
   *consumed = r.position();

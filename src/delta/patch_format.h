@@ -25,12 +25,15 @@ namespace ds::delta {
 
 inline constexpr std::array<uint8_t, 4> kPatchMagic = {'D', 'S', 'P', 'F'};
 inline constexpr uint8_t kFormatMajor = 1;
-inline constexpr uint8_t kFormatMinor = 1;
+inline constexpr uint8_t kFormatMinor = 2;
 
 // FileHeader::flags bits. A reader refuses bits it does not know (1.0 readers refuse them all).
 // kFlagCodeRegions (1.1): the header carries the code region tables of the branch transforms.
 inline constexpr uint64_t kFlagCodeRegions = 1;
-inline constexpr uint64_t kKnownHeaderFlags = kFlagCodeRegions;
+// kFlagDeflate (1.2): some segments use the deflate transform; the header carries max_puff and
+// deflate_saved.
+inline constexpr uint64_t kFlagDeflate = 2;
+inline constexpr uint64_t kKnownHeaderFlags = kFlagCodeRegions | kFlagDeflate;
 
 // Bounds on the framing itself (not on the data), so that a hostile patch cannot make the reader
 // buffer an unbounded header.
@@ -62,8 +65,12 @@ enum class Transform : uint8_t {
   kNone = 0,
   kX86Branch = 1,    // x86/x86-64 rel32 call/jmp/jcc targets made absolute (branch_filter.h).
   kArm64Branch = 2,  // AArch64 B/BL imm26 targets made absolute.
+  // 1.2: the segment's range is one raw deflate stream, rebuilt from its puff (deflate_puff.h);
+  // the method works on puffs: it reads the puff of an old deflate stream and produces the new
+  // puff, which the applier re-encodes bit-exactly.
+  kDeflate = 3,
 };
-inline constexpr uint8_t kMaxTransform = 2;
+inline constexpr uint8_t kMaxTransform = 3;
 const char* TransformName(Transform t);
 
 // A range of a file loaded at virtual address |vaddr|: machine code (filtered by the branch
@@ -113,6 +120,11 @@ struct FileHeader {
   std::vector<CodeRegion> new_regions;
   std::vector<AddressRun> address_map;
   uint64_t transform_saved = 0;
+  // 1.2, present iff flags & kFlagDeflate: the largest puff (old or new) any deflate segment
+  // holds while it is applied, and the generator's estimate of the bytes the deflate transform
+  // saved (informational).
+  uint64_t max_puff = 0;
+  uint64_t deflate_saved = 0;
 };
 
 struct SegmentHeader {
@@ -122,6 +134,13 @@ struct SegmentHeader {
   Transform transform = Transform::kNone;
   uint64_t payload_length = 0;
   uint32_t output_crc32c = 0;  // CRC32C of the rebuilt new bytes of this segment.
+  // Transform::kDeflate only (written after output_crc32c): the old deflate stream
+  // old[old_offset, +old_length) whose puff (old_puff_length bytes) the method reads as its old
+  // file, and the length of the new puff the method produces.
+  uint64_t old_offset = 0;
+  uint64_t old_length = 0;
+  uint64_t old_puff_length = 0;
+  uint64_t puff_length = 0;
 };
 
 // Serialises |h| (with its checksum, and its transform tables when it has kFlagCodeRegions).

@@ -163,8 +163,8 @@ TEST_F(CraftedPatchTest, SegmentsForEmptyResultIsMalformed) {
 }
 
 TEST_F(CraftedPatchTest, UnknownHeaderFlagsAreMalformed) {
-  // Bit 0 (code_regions) is known since 1.1; the next bits are not.
-  for (uint64_t flag : {uint64_t{2}, uint64_t{4}, uint64_t{1} << 40}) {
+  // Bit 0 (code_regions) is known since 1.1, bit 1 (deflate) since 1.2; the next bits are not.
+  for (uint64_t flag : {uint64_t{4}, uint64_t{8}, uint64_t{1} << 40}) {
     RawPatch p = testing::StoredPatch(old_, neu_, 1000);
     p.header.flags = flag;
     EXPECT_EQ(CodeOf(Apply(p)), ErrorCode::kPatchMalformed) << flag;

@@ -499,13 +499,14 @@ TEST(TransformPatchTest, HostileRegionTablesAreMalformed) {
   }
   {
     testing::RawPatch p = raw;
-    p.header.flags = 2;  // Unknown flag.
+    p.header.flags = 4;  // Unknown flag.
     EXPECT_EQ(CodeOf(ApplyPatch(b.old_bin, testing::JoinPatch(p))), ErrorCode::kPatchMalformed);
   }
   {
     testing::RawPatch p = raw;
     for (auto& s : p.segments) {
-      if (s.header.transform != Transform::kNone) s.header.transform = static_cast<Transform>(3);
+      if (s.header.transform != Transform::kNone)
+        s.header.transform = static_cast<Transform>(kMaxTransform + 1);
     }
     EXPECT_EQ(CodeOf(ApplyPatch(b.old_bin, testing::JoinPatch(p))), ErrorCode::kPatchUnknownMethod);
   }

@@ -1,0 +1,430 @@
+// The deflate transform (DSPF 1.2): gzip'd tars and zip files diffed on their puffs and rebuilt
+// bit-exactly, through the real generator and applier; archives made with zlib in the test and
+// with the real gzip, node and zip tools; hostile deflate segments.
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "delta/deflate_puff.h"
+#include "delta/deflate_streams.h"
+#include "delta/delta.h"
+#include "delta/delta_gen.h"
+#include "support/test_util.h"
+
+namespace ds::delta {
+namespace {
+
+using ds::testing::CodeOf;
+using ds::testing::JoinPatch;
+using ds::testing::RandomBytes;
+using ds::testing::RawPatch;
+using ds::testing::SplitPatch;
+using ds::testing::TempDir;
+using ds::testing::TextBytes;
+
+bool Sh(const std::string& cmd) { return std::system(cmd.c_str()) == 0; }
+bool HaveTool(const std::string& tool) { return Sh("command -v " + tool + " >/dev/null 2>&1"); }
+
+// A ustar archive of (name, content) members, as tar(1) lays them out.
+Bytes Tar(const std::vector<std::pair<std::string, Bytes>>& members) {
+  Bytes out;
+  for (const auto& [name, data] : members) {
+    uint8_t h[512] = {};
+    std::snprintf(reinterpret_cast<char*>(h), 100, "%s", name.c_str());
+    std::snprintf(reinterpret_cast<char*>(h + 100), 8, "%07o", 0644);
+    std::snprintf(reinterpret_cast<char*>(h + 108), 8, "%07o", 0);
+    std::snprintf(reinterpret_cast<char*>(h + 116), 8, "%07o", 0);
+    std::snprintf(reinterpret_cast<char*>(h + 124), 12, "%011o",
+                  static_cast<unsigned>(data.size()));
+    std::snprintf(reinterpret_cast<char*>(h + 136), 12, "%011o", 1700000000u);
+    h[156] = '0';
+    std::memcpy(h + 257,
+                "ustar\0"
+                "00",
+                8);
+    std::memset(h + 148, ' ', 8);
+    unsigned sum = 0;
+    for (uint8_t b : h) sum += b;
+    std::snprintf(reinterpret_cast<char*>(h + 148), 8, "%06o", sum);
+    out.insert(out.end(), h, h + 512);
+    out.insert(out.end(), data.begin(), data.end());
+    out.resize((out.size() + 511) / 512 * 512);
+  }
+  out.resize(out.size() + 1024);
+  return out;
+}
+
+// A gzip member written by zlib at |level|.
+Bytes Gzip(ByteView data, int level) {
+  z_stream z{};
+  EXPECT_EQ(deflateInit2(&z, level, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  Bytes out(deflateBound(&z, data.size()) + 64);
+  z.next_in = const_cast<Bytef*>(data.data());
+  z.avail_in = static_cast<uInt>(data.size());
+  z.next_out = out.data();
+  z.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&z, Z_FINISH), Z_STREAM_END);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+
+// Source-like text: lines of identifiers from the file's own vocabulary and a few keywords, so
+// that (as in real packages) most repeats are inside a file.
+Bytes SourceLike(size_t n, uint64_t seed) {
+  static constexpr const char* kKeywords[] = {"const", "function", "return", "if", "=", "{", "}"};
+  const Bytes noise = RandomBytes(64 * 8, seed);
+  std::vector<std::string> vocab;
+  for (size_t w = 0; w < 64; ++w) {
+    std::string id;
+    for (size_t k = 0; k < 8; ++k) id.push_back(static_cast<char>('a' + noise[w * 8 + k] % 26));
+    vocab.push_back(id);
+  }
+  const Bytes pick = RandomBytes(n, seed + 1);
+  Bytes out;
+  for (size_t i = 0; out.size() < n; ++i) {
+    const std::string word =
+        pick[i] % 4 == 0 ? std::string(kKeywords[pick[i] / 4 % 7]) : vocab[pick[i] % vocab.size()];
+    out.insert(out.end(), word.begin(), word.end());
+    out.push_back(pick[i] % 9 == 0 ? '\n' : ' ');
+  }
+  out.resize(n);
+  return out;
+}
+
+// Two versions of a package: 40 text files; in the new one a few lines change in two files, one
+// file is added, one removed, and two swap places in the archive.
+struct Package {
+  Bytes old_tar, new_tar;
+};
+Package MakePackage() {
+  std::vector<std::pair<std::string, Bytes>> files;
+  for (int i = 0; i < 40; ++i) {
+    files.emplace_back("package/lib/file" + std::to_string(i) + ".js",
+                       SourceLike(6000 + 1500 * (i % 7), 100 + i));
+  }
+  Package p;
+  p.old_tar = Tar(files);
+  files[3].second[100] ^= 0x20;
+  const Bytes insert = ds::testing::ToBytes("// a new line of code in this version\n");
+  files[17].second.insert(files[17].second.begin() + 2000, insert.begin(), insert.end());
+  files.erase(files.begin() + 25);
+  files.emplace_back("package/lib/added.js", SourceLike(3000, 999));
+  std::swap(files[5], files[30]);
+  p.new_tar = Tar(files);
+  return p;
+}
+
+struct Outcome {
+  Bytes patch;
+  uint64_t plain_size = 0;  // The patch without the deflate transform.
+  GenerateStats stats;
+};
+
+// Generates with and without the transform, checks both apply to |neu| (in one piece and in
+// small pieces, as a stream), and returns them.
+Outcome RoundTrip(const Bytes& old, const Bytes& neu) {
+  Outcome o;
+  Result<Bytes> patch = GeneratePatch(old, neu, {}, &o.stats);
+  EXPECT_TRUE(patch.ok()) << patch.status().ToString();
+  if (!patch.ok()) return o;
+  o.patch = std::move(patch).value();
+  GenerateOptions plain;
+  plain.try_deflate = false;
+  Result<Bytes> p2 = GeneratePatch(old, neu, plain);
+  EXPECT_TRUE(p2.ok());
+  if (p2.ok()) o.plain_size = p2->size();
+  Result<Bytes> out = ApplyPatch(old, o.patch);
+  EXPECT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_TRUE(out.ok() && *out == neu);
+  Result<Bytes> chunked = ds::testing::ApplyInChunks(old, o.patch, {1, 7, 4096, 65536});
+  EXPECT_TRUE(chunked.ok() && *chunked == neu);
+  EXPECT_LE(o.patch.size(), o.plain_size) << "never larger than the plain patch";
+  return o;
+}
+
+uint64_t DeflateSegments(ByteView patch) {
+  Result<PatchInfo> info = InspectPatch(patch);
+  EXPECT_TRUE(info.ok());
+  if (!info.ok()) return 0;
+  uint64_t n = 0;
+  for (const SegmentInfo& s : info->segments) n += s.header.transform == Transform::kDeflate;
+  return n;
+}
+
+TEST(DeflateTransform, TgzAtEveryZlibLevel) {
+  const Package p = MakePackage();
+  for (int level : {1, 6, 9}) {
+    SCOPED_TRACE("zlib level " + std::to_string(level));
+    const Bytes old = Gzip(p.old_tar, level), neu = Gzip(p.new_tar, level);
+    const Outcome o = RoundTrip(old, neu);
+    EXPECT_EQ(DeflateSegments(o.patch), 1u);
+    EXPECT_EQ(o.stats.deflate_segments, 1u);
+    EXPECT_GT(o.stats.deflate_saved_bytes, 0u);
+    // The content changed by a few KB: the patch is a small fraction of the plain one.
+    EXPECT_LT(o.patch.size() * 6, o.plain_size) << o.patch.size() << " vs " << o.plain_size;
+    EXPECT_LT(o.patch.size(), 12000u);
+    Result<PatchInfo> info = InspectPatch(o.patch);
+    ASSERT_TRUE(info.ok());
+    EXPECT_EQ(info->header.minor, 2);
+    EXPECT_TRUE(info->header.flags & kFlagDeflate);
+    EXPECT_EQ(info->header.deflate_saved, o.stats.deflate_saved_bytes);
+  }
+}
+
+TEST(DeflateTransform, DifferentLevelsOnEachSide) {
+  // The old package compressed at 9, the new at 1: the puffs differ in every copy record, but
+  // the literal content is shared, and the stream is still rebuilt exactly.
+  const Package p = MakePackage();
+  const Outcome o = RoundTrip(Gzip(p.old_tar, 9), Gzip(p.new_tar, 1));
+  EXPECT_LE(o.patch.size(), o.plain_size);
+}
+
+TEST(DeflateTransform, MovedMembersDiffAgainstTheirOldSelves) {
+  // Only the order of members changes: every member is found where it was in the old puff.
+  std::vector<std::pair<std::string, Bytes>> files;
+  for (int i = 0; i < 24; ++i) {
+    files.emplace_back("m" + std::to_string(i), SourceLike(9000, 300 + i));
+  }
+  const Bytes old = Gzip(Tar(files), 6);
+  std::reverse(files.begin(), files.end());
+  const Bytes neu = Gzip(Tar(files), 6);
+  const Outcome o = RoundTrip(old, neu);
+  EXPECT_EQ(DeflateSegments(o.patch), 1u);
+  // Each moved member costs its new neighbours' block headers and cross-member copies only.
+  EXPECT_LT(o.patch.size() * 3, o.plain_size) << o.patch.size() << " vs " << o.plain_size;
+}
+
+TEST(DeflateTransform, GzipAndNodeTools) {
+  const Package p = MakePackage();
+  TempDir dir;
+  ds::testing::WriteFileOrDie(dir.Join("old.tar"), p.old_tar);
+  ds::testing::WriteFileOrDie(dir.Join("new.tar"), p.new_tar);
+  int ran = 0;
+  if (HaveTool("gzip")) {
+    for (const char* level : {"-1", "-9"}) {
+      SCOPED_TRACE(std::string("gzip ") + level);
+      for (const char* v : {"old", "new"}) {
+        ASSERT_TRUE(Sh(std::string("gzip -n -c ") + level + " " +
+                       dir.Join(std::string(v) + ".tar") + " > " +
+                       dir.Join(std::string(v) + ".tgz")));
+      }
+      const Outcome o = RoundTrip(ds::testing::ReadFileOrDie(dir.Join("old.tgz")),
+                                  ds::testing::ReadFileOrDie(dir.Join("new.tgz")));
+      EXPECT_EQ(DeflateSegments(o.patch), 1u);
+      ++ran;
+    }
+  }
+  if (HaveTool("node")) {
+    for (const char* v : {"old", "new"}) {
+      const std::string js = "const z=require('zlib'),f=require('fs');f.writeFileSync('" +
+                             dir.Join(std::string(v) + ".ngz") + "',z.gzipSync(f.readFileSync('" +
+                             dir.Join(std::string(v) + ".tar") + "'),{level:9}))";
+      ASSERT_TRUE(Sh("node -e \"" + js + "\""));
+    }
+    const Outcome o = RoundTrip(ds::testing::ReadFileOrDie(dir.Join("old.ngz")),
+                                ds::testing::ReadFileOrDie(dir.Join("new.ngz")));
+    EXPECT_EQ(DeflateSegments(o.patch), 1u);
+    ++ran;
+  }
+  if (ran == 0) GTEST_SKIP() << "neither gzip nor node is installed";
+}
+
+TEST(DeflateTransform, MultiMemberGzipPairsByIndex) {
+  const Bytes a = TextBytes(50000, 1), b = TextBytes(40000, 2);
+  Bytes b2 = b;
+  b2[20000] ^= 1;
+  Bytes old = Gzip(a, 6), neu = Gzip(a, 6);
+  const Bytes ob = Gzip(b, 6), nb = Gzip(b2, 6);
+  old.insert(old.end(), ob.begin(), ob.end());
+  neu.insert(neu.end(), nb.begin(), nb.end());
+  const Outcome o = RoundTrip(old, neu);
+  EXPECT_GE(DeflateSegments(o.patch), 1u);
+}
+
+TEST(DeflateTransform, ZipEntriesPairByName) {
+  if (!HaveTool("zip")) GTEST_SKIP() << "no zip binary";
+  TempDir dir;
+  Package p;
+  for (const char* v : {"old", "new"}) {
+    const std::string root = dir.Join(v);
+    ASSERT_TRUE(Sh("mkdir -p " + root + "/classes"));
+    for (int i = 0; i < 12; ++i) {
+      Bytes data = TextBytes(20000 + 1000 * i, 500 + i);
+      if (std::string(v) == "new" && i % 5 == 0) data[1000 + i] ^= 0x11;
+      ds::testing::WriteFileOrDie(root + "/classes/C" + std::to_string(i) + ".txt", data);
+    }
+    if (std::string(v) == "new") {
+      ds::testing::WriteFileOrDie(root + "/classes/New.txt", TextBytes(8000, 77));
+    }
+    // -X: no extra attributes; the new archive lists its files in another order.
+    const std::string order = std::string(v) == "old" ? "ls classes" : "ls -r classes";
+    ASSERT_TRUE(Sh("cd " + root + " && " + order + " | sed 's|^|classes/|' | zip -q -X -9 -@ " +
+                   dir.Join(std::string(v) + ".zip")));
+  }
+  const Bytes old = ds::testing::ReadFileOrDie(dir.Join("old.zip"));
+  const Bytes neu = ds::testing::ReadFileOrDie(dir.Join("new.zip"));
+  EXPECT_GE(FindDeflateStreams(neu).size(), 12u);
+  const Outcome o = RoundTrip(old, neu);
+  // The entries that changed (0, 5, 10); unchanged ones are cheaper as plain copies.
+  EXPECT_GE(DeflateSegments(o.patch), 3u);
+  EXPECT_LT(o.patch.size() * 5, o.plain_size) << o.patch.size() << " vs " << o.plain_size;
+  // unzip agrees that the rebuilt archive is the new one (it is byte-identical already).
+  Result<Bytes> out = ApplyPatch(old, o.patch);
+  ASSERT_TRUE(out.ok());
+  ds::testing::WriteFileOrDie(dir.Join("rebuilt.zip"), *out);
+  if (HaveTool("unzip")) EXPECT_TRUE(Sh("unzip -tq " + dir.Join("rebuilt.zip") + " >/dev/null"));
+}
+
+TEST(DeflateTransform, NotDeflateOrUnrelatedIsPlain) {
+  // Random content: nothing to gain in puff space, and the plain patch is kept.
+  const Bytes old = Gzip(RandomBytes(200000, 5), 6), neu = Gzip(RandomBytes(200000, 6), 6);
+  const Outcome o = RoundTrip(old, neu);
+  EXPECT_EQ(DeflateSegments(o.patch), 0u);
+  // A file that starts like gzip but is not: no streams, diffed as bytes.
+  Bytes fake = Gzip(TextBytes(100000, 7), 6);
+  Bytes fake2 = fake;
+  fake[30] ^= 0xFF;
+  fake2[31] ^= 0xFF;
+  RoundTrip(fake, fake2);
+  // A zip whose central directory points outside the file yields no streams.
+  Bytes zip = {'P', 'K', 3, 4};
+  zip.resize(64);
+  const uint8_t eocd[22] = {'P', 'K', 5, 6, 0, 0,    0,    0, 1, 0, 1,
+                            0,   46,  0, 0, 0, 0xF0, 0xFF, 0, 0, 0, 0};
+  zip.insert(zip.end(), eocd, eocd + sizeof(eocd));
+  EXPECT_TRUE(FindDeflateStreams(zip).empty());
+}
+
+// A deflate patch taken apart, for the hostile cases below.
+class DeflateHostileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const Package p = MakePackage();
+    old_ = Gzip(p.old_tar, 6);
+    neu_ = Gzip(p.new_tar, 6);
+    Result<Bytes> patch = GeneratePatch(old_, neu_);
+    ASSERT_TRUE(patch.ok());
+    raw_ = SplitPatch(*patch);
+    for (size_t i = 0; i < raw_.segments.size(); ++i) {
+      if (raw_.segments[i].header.transform == Transform::kDeflate) seg_ = i;
+    }
+    ASSERT_NE(seg_, SIZE_MAX);
+  }
+  ErrorCode Apply(const RawPatch& p, const ApplyLimits& limits = {}) {
+    return CodeOf(ApplyPatch(old_, JoinPatch(p), limits));
+  }
+  SegmentHeader& seg(RawPatch& p) { return p.segments[seg_].header; }
+
+  Bytes old_, neu_;
+  RawPatch raw_;
+  size_t seg_ = SIZE_MAX;
+};
+
+TEST_F(DeflateHostileTest, IntactPatchApplies) { EXPECT_EQ(Apply(raw_), ErrorCode::kOk); }
+
+TEST_F(DeflateHostileTest, SegmentWithoutTheFlagIsMalformed) {
+  RawPatch p = raw_;
+  p.header.flags &= ~kFlagDeflate;
+  p.header.max_puff = 0;
+  p.header.deflate_saved = 0;
+  EXPECT_EQ(Apply(p), ErrorCode::kPatchMalformed);
+  EXPECT_EQ(CodeOf(InspectPatch(JoinPatch(p))), ErrorCode::kPatchMalformed);
+}
+
+TEST_F(DeflateHostileTest, DeflateFieldsWithoutTheFlagAreMalformed) {
+  // The writer leaves the fields out without the flag, so this is the validator's own check.
+  RawPatch p = raw_;
+  p.header.flags &= ~kFlagDeflate;
+  EXPECT_EQ(CodeOf(ValidateFileHeader(p.header)), ErrorCode::kPatchMalformed);
+}
+
+TEST_F(DeflateHostileTest, OldStreamElsewhereIsMalformed) {
+  for (int64_t shift : {-1, 1, 4}) {
+    RawPatch p = raw_;
+    seg(p).old_offset += shift;
+    EXPECT_EQ(Apply(p), ErrorCode::kPatchMalformed) << shift;
+  }
+  RawPatch p = raw_;
+  seg(p).old_length -= 1;
+  EXPECT_EQ(Apply(p), ErrorCode::kPatchMalformed);
+  p = raw_;
+  seg(p).old_length = old_.size();  // Runs past the end of the old file.
+  EXPECT_EQ(Apply(p), ErrorCode::kPatchMalformed);
+  EXPECT_EQ(CodeOf(InspectPatch(JoinPatch(p))), ErrorCode::kPatchMalformed);
+  p = raw_;
+  seg(p).old_length = 0;
+  EXPECT_EQ(Apply(p), ErrorCode::kPatchMalformed);
+}
+
+TEST_F(DeflateHostileTest, PuffLengthsThatLieAreRefused) {
+  RawPatch p = raw_;
+  seg(p).old_puff_length += 1;
+  EXPECT_EQ(Apply(p), ErrorCode::kPatchMalformed);
+  p = raw_;
+  seg(p).puff_length += 1;  // The method's streams no longer add up.
+  const ErrorCode c = Apply(p);
+  EXPECT_TRUE(c == ErrorCode::kPatchMalformed || c == ErrorCode::kPatchDecompress)
+      << static_cast<int>(c);
+  p = raw_;
+  seg(p).puff_length = p.header.max_puff + 1;
+  EXPECT_EQ(Apply(p), ErrorCode::kPatchMalformed);
+  p = raw_;
+  seg(p).puff_length = 0;
+  EXPECT_EQ(Apply(p), ErrorCode::kPatchMalformed);
+}
+
+TEST_F(DeflateHostileTest, ApplierRefusesPuffsAboveItsLimit) {
+  ApplyLimits limits;
+  limits.max_puff = raw_.header.max_puff - 1;
+  EXPECT_EQ(Apply(raw_, limits), ErrorCode::kResourceLimit);
+}
+
+TEST_F(DeflateHostileTest, AStoredPuffThatIsNotAPuffIsMalformed) {
+  RawPatch p = raw_;
+  SegmentHeader& h = seg(p);
+  h.method = Method::kStored;
+  p.segments[seg_].payload = RandomBytes(h.puff_length, 9);
+  p.header.max_segment_payload = std::max<uint64_t>(p.header.max_segment_payload, h.puff_length);
+  EXPECT_EQ(Apply(p), ErrorCode::kPatchMalformed);
+}
+
+TEST_F(DeflateHostileTest, AValidPuffOfOtherBytesFailsTheOutputCheck) {
+  // A stored deflate segment whose puff is well formed but re-encodes to something else.
+  RawPatch p = raw_;
+  SegmentHeader& h = seg(p);
+  const Bytes other = Gzip(TextBytes(300000, 42), 6);
+  Result<std::vector<GzipMember>> m = ParseGzip(other, {}, true);
+  ASSERT_TRUE(m.ok());
+  Bytes puff = (*m)[0].puff;
+  h.method = Method::kStored;
+  h.puff_length = puff.size();
+  p.header.max_puff = std::max(p.header.max_puff, h.puff_length);
+  p.header.max_segment_payload = std::max<uint64_t>(p.header.max_segment_payload, puff.size());
+  p.segments[seg_].payload = std::move(puff);
+  EXPECT_EQ(Apply(p), ErrorCode::kPatchOutputMismatch);
+}
+
+TEST_F(DeflateHostileTest, WrongOldFileIsWrongBase) {
+  Bytes other = old_;
+  other[other.size() / 2] ^= 1;
+  EXPECT_EQ(CodeOf(ApplyPatch(other, JoinPatch(raw_))), ErrorCode::kPatchWrongBase);
+}
+
+TEST_F(DeflateHostileTest, EveryTruncationFailsCleanly) {
+  const Bytes patch = JoinPatch(raw_);
+  for (size_t cut = 0; cut < patch.size(); cut += std::max<size_t>(1, patch.size() / 97)) {
+    const ErrorCode c = CodeOf(ApplyPatch(old_, ByteView(patch).first(cut)));
+    EXPECT_NE(c, ErrorCode::kOk) << cut;
+    EXPECT_NE(c, ErrorCode::kInternal) << cut;
+  }
+}
+
+}  // namespace
+}  // namespace ds::delta
