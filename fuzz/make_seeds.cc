@@ -3,6 +3,7 @@
 // warning when it is missing) and hand-made ones for features xdelta3 never writes.
 //
 //   usage: fuzz_make_seeds OUT_DIR   (writes OUT_DIR/<fuzzer>/seed-*)
+#include <lzma.h>
 #include <zlib.h>
 
 #include <cstdio>
@@ -87,6 +88,18 @@ Bytes Gzip(ByteView data) {
   return out;
 }
 
+// An .xz stream of |data| at preset 1 (a small encoder, within the fuzzers' limits).
+Bytes Xz(ByteView data) {
+  Bytes out(lzma_stream_buffer_bound(data.size()));
+  size_t pos = 0;
+  if (lzma_easy_buffer_encode(1, LZMA_CHECK_CRC32, nullptr, data.data(), data.size(), out.data(),
+                              &pos, out.size()) != LZMA_OK) {
+    std::exit(1);
+  }
+  out.resize(pos);
+  return out;
+}
+
 std::vector<Case> Cases() {
   std::vector<Case> cases;
   // Mixed: text (reference segments), random with flips (copydiff), fresh bytes (stored).
@@ -127,6 +140,14 @@ std::vector<Case> Cases() {
     Case c{"gzip", Gzip(text), {}, Small(1 << 20, false)};
     text.insert(text.begin() + 3000, text.begin() + 10, text.begin() + 50);
     c.new_bytes = Gzip(text);
+    cases.push_back(c);
+  }
+  {
+    // An .xz file with an edit: the xz transform (DSPF 1.2).
+    Bytes text = Text(6000, 14);
+    Case c{"xz", Xz(text), {}, Small(1 << 20, false)};
+    text.insert(text.begin() + 2000, text.begin() + 10, text.begin() + 60);
+    c.new_bytes = Xz(text);
     cases.push_back(c);
   }
   cases.push_back({"identical", Random(2000, 10), Random(2000, 10), Small(512, true)});

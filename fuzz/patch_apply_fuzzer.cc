@@ -63,12 +63,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     limits.max_segment_output = 4096;
     limits.max_segment_payload = 4096;
     limits.max_ref_window = 4096;
-    limits.max_puff = 4096;
+    limits.max_decoded = 4096;
+    limits.max_encoder_memory = 4 << 20;
   } else {
     limits.max_segment_output = 1 << 20;
     limits.max_segment_payload = 1 << 20;
     limits.max_ref_window = 1 << 20;
-    limits.max_puff = 1 << 20;
+    limits.max_decoded = 1 << 20;
+    // xz presets 0-1 (a few MiB each): fuzzing must not start encoders of hundreds of MiB.
+    limits.max_encoder_memory = 16 << 20;
   }
   const Run chunked = ApplyChunked(in, limits, true);
   const Run whole = ApplyChunked(in, limits, false);

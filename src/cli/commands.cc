@@ -195,12 +195,10 @@ Status RunInspect(const InspectArgs& args) {
   for (size_t t = 1; t <= delta::kMaxTransform; ++t) {
     if (transform_segments[t] == 0) continue;
     const auto tr = static_cast<delta::Transform>(t);
-    if (tr == delta::Transform::kDeflate) {
-      std::printf("transform   %s: %" PRIu64 " segments (deflate streams), %" PRIu64
-                  " new bytes, puffs up to %" PRIu64 " B, saved %" PRIu64
-                  " B over the plain encoding of the same streams\n",
-                  delta::TransformName(tr), transform_segments[t], transform_bytes[t], h.max_puff,
-                  h.deflate_saved);
+    if (delta::IsRecompressTransform(tr)) {
+      std::printf("transform   %s: %" PRIu64 " segments (%s streams), %" PRIu64 " new bytes\n",
+                  delta::TransformName(tr), transform_segments[t], delta::TransformName(tr),
+                  transform_bytes[t]);
     } else {
       std::printf("transform   %s: %" PRIu64 " segments, %" PRIu64
                   " new bytes, %zu+%zu code regions, saved %" PRIu64
@@ -208,6 +206,12 @@ Status RunInspect(const InspectArgs& args) {
                   delta::TransformName(tr), transform_segments[t], transform_bytes[t],
                   h.old_regions.size(), h.new_regions.size(), h.transform_saved);
     }
+  }
+  if (h.flags & delta::kFlagRecompress) {
+    std::printf("recompress  saved %" PRIu64
+                " B over the plain encoding of the same streams; decoded forms up to %" PRIu64
+                " B, xz encoder memory %" PRIu64 " B\n",
+                h.recompress_saved, h.max_decoded, h.max_encoder_memory);
   }
   std::printf("%5s %12s %10s %-9s %10s  %s\n", "#", "new offset", "length", "method", "payload",
               "detail");
@@ -229,8 +233,16 @@ Status RunInspect(const InspectArgs& args) {
     if (s.header.transform == delta::Transform::kDeflate) {
       detail += ", transform deflate: old stream [" + std::to_string(s.header.old_offset) + ", +" +
                 std::to_string(s.header.old_length) + "), puffs " +
-                std::to_string(s.header.old_puff_length) + " -> " +
-                std::to_string(s.header.puff_length) + " B";
+                std::to_string(s.header.old_decoded_length) + " -> " +
+                std::to_string(s.header.decoded_length) + " B";
+    } else if (s.header.transform == delta::Transform::kXz) {
+      detail += ", transform xz (preset " + std::to_string(s.header.xz_preset & 0x0F) +
+                ((s.header.xz_preset & 0x80) ? "e" : "") + ", check " +
+                std::to_string(s.header.xz_check) + ", block size " +
+                std::to_string(s.header.xz_block_size) + "): old stream [" +
+                std::to_string(s.header.old_offset) + ", +" + std::to_string(s.header.old_length) +
+                "), content " + std::to_string(s.header.old_decoded_length) + " -> " +
+                std::to_string(s.header.decoded_length) + " B";
     } else if (s.header.transform != delta::Transform::kNone) {
       detail += std::string(", transform ") + delta::TransformName(s.header.transform);
     }

@@ -19,6 +19,7 @@
 #include "delta/deflate_puff.h"
 #include "delta/delta.h"
 #include "delta/vcdiff.h"
+#include "delta/xz_rebuild.h"
 
 namespace ds::delta {
 
@@ -289,7 +290,9 @@ class PatchApplier::Impl {
     }
     if (header_.max_segment_output > limits_.max_segment_output ||
         header_.max_segment_payload > limits_.max_segment_payload ||
-        header_.max_ref_window > limits_.max_ref_window || header_.max_puff > limits_.max_puff) {
+        header_.max_ref_window > limits_.max_ref_window ||
+        header_.max_decoded > limits_.max_decoded ||
+        header_.max_encoder_memory > limits_.max_encoder_memory) {
       return Error(ErrorCode::kResourceLimit, "patch needs more memory per segment than allowed");
     }
     if (limits_.verify_old_hash) {
@@ -335,7 +338,9 @@ class PatchApplier::Impl {
         !(header_.flags & kFlagCodeRegions)) {
       return Error(ErrorCode::kPatchMalformed, where + " has a transform but the patch no tables");
     }
-    if (seg_.transform == Transform::kDeflate) DS_RETURN_IF_ERROR(CheckDeflateSegment(where));
+    if (IsRecompressTransform(seg_.transform)) {
+      DS_RETURN_IF_ERROR(CheckRecompressSegment(where));
+    }
     if (seg_.payload_length > header_.max_segment_payload) {
       return Error(ErrorCode::kPatchMalformed, where + " payload exceeds the declared maximum");
     }
@@ -351,10 +356,10 @@ class PatchApplier::Impl {
     if (Crc32c(payload_, seg_crc_) != seg_stored_crc_) {
       return Error(ErrorCode::kPatchChecksum, where + " checksum mismatch");
     }
-    const bool deflate = seg_.transform == Transform::kDeflate;
-    if (deflate) DS_RETURN_IF_ERROR(LoadOldPuff().WithContext(where));
-    // A deflate segment's method produces the new puff; any other the new bytes.
-    method_length_ = deflate ? seg_.puff_length : seg_.new_length;
+    const bool recompress = IsRecompressTransform(seg_.transform);
+    if (recompress) DS_RETURN_IF_ERROR(LoadOldDecoded().WithContext(where));
+    // A recompression segment's method produces the new decoded form; any other the new bytes.
+    method_length_ = recompress ? seg_.decoded_length : seg_.new_length;
     output_.resize(method_length_);
     Status s;
     switch (seg_.method) {
@@ -375,12 +380,17 @@ class PatchApplier::Impl {
     }
     if (!s.ok()) return s.WithContext(where);
     // The method rebuilt the transformed bytes; undo the transform (docs/FORMAT.md).
-    if (deflate) {
-      Result<Bytes> stream = Huff(output_);
-      if (!stream.ok()) return stream.status().WithContext(where + " (new puff)");
+    if (recompress) {
+      Result<Bytes> stream = seg_.transform == Transform::kDeflate
+                                 ? Huff(output_)
+                                 : XzEncode(output_, SegmentXzParams());
+      if (!stream.ok()) {
+        return stream.status().WithContext(
+            where + (seg_.transform == Transform::kDeflate ? " (new puff)" : " (xz re-encoding)"));
+      }
       if (stream->size() != seg_.new_length) {
         return Error(ErrorCode::kPatchOutputMismatch,
-                     where + " puff re-encodes to " + std::to_string(stream->size()) +
+                     where + " re-encodes to " + std::to_string(stream->size()) +
                          " bytes, expected " + std::to_string(seg_.new_length));
       }
       output_ = std::move(stream).value();
@@ -493,7 +503,7 @@ class PatchApplier::Impl {
     DS_RETURN_IF_ERROR(ParseZstdRefPayload(payload_, &layout));
     uint64_t end;
     const uint64_t max_window =
-        seg_.transform == Transform::kDeflate ? header_.max_puff : header_.max_ref_window;
+        IsRecompressTransform(seg_.transform) ? header_.max_decoded : header_.max_ref_window;
     if (layout.ref_length > max_window ||
         !CheckedAddU64(layout.ref_offset, layout.ref_length, &end) || end > OldSize()) {
       return Error(ErrorCode::kPatchMalformed, "reference window out of range");
@@ -504,61 +514,94 @@ class PatchApplier::Impl {
     return DecodeLzmaRef(layout.frame, &ref_buf_, method_length_, output_);
   }
 
-  // The old file as the current segment's method sees it: the old puff for a deflate segment.
+  // The old file as the current segment's method sees it: the decoded old stream for a
+  // recompression segment.
   uint64_t OldSize() const {
-    return seg_.transform == Transform::kDeflate ? old_puff_.size() : old_->size();
+    return IsRecompressTransform(seg_.transform) ? old_decoded_.size() : old_->size();
   }
 
-  // The fields of a deflate segment, checked against the header and the old file.
-  Status CheckDeflateSegment(const std::string& where) const {
-    if (!(header_.flags & kFlagDeflate)) {
+  XzParams SegmentXzParams() const {
+    return XzParams{seg_.xz_preset, seg_.xz_check, seg_.xz_block_size};
+  }
+
+  // The fields of a recompression segment, checked against the header and the old file.
+  Status CheckRecompressSegment(const std::string& where) const {
+    if (!(header_.flags & kFlagRecompress)) {
       return Error(ErrorCode::kPatchMalformed,
-                   where + " is a deflate segment but the patch lacks the deflate flag");
+                   where + " recompresses but the patch lacks the recompress flag");
     }
     uint64_t end;
     if (seg_.old_length == 0 || !CheckedAddU64(seg_.old_offset, seg_.old_length, &end) ||
         end > old_->size()) {
       return Error(ErrorCode::kPatchMalformed, where + " names an old stream outside the old file");
     }
-    if (seg_.puff_length == 0 || seg_.puff_length > header_.max_puff || seg_.old_puff_length == 0 ||
-        seg_.old_puff_length > header_.max_puff) {
-      return Error(ErrorCode::kPatchMalformed, where + " puff lengths exceed the declared maximum");
+    if (seg_.decoded_length == 0 || seg_.decoded_length > header_.max_decoded ||
+        seg_.old_decoded_length == 0 || seg_.old_decoded_length > header_.max_decoded) {
+      return Error(ErrorCode::kPatchMalformed,
+                   where + " decoded lengths exceed the declared maximum");
+    }
+    if (seg_.transform == Transform::kXz) {
+      DS_RETURN_IF_ERROR(ValidateXzParams(SegmentXzParams()).WithContext(where));
+      // The header declares what the encoder needs, so that an applier can refuse up front.
+      if (XzEncoderMemory(SegmentXzParams(), seg_.decoded_length) > header_.max_encoder_memory) {
+        return Error(ErrorCode::kPatchMalformed,
+                     where + " needs more encoder memory than the header declares");
+      }
     }
     return Status::Ok();
   }
 
-  // Puffs the old deflate stream of the current segment into old_puff_ (kept for the next
-  // segment that names the same stream).
-  Status LoadOldPuff() {
-    if (old_puff_valid_ && old_puff_offset_ == seg_.old_offset &&
-        old_puff_stream_length_ == seg_.old_length) {
+  // Decodes the old stream of the current segment (puff or xz content) into old_decoded_ (kept
+  // for the next segment that names the same stream the same way).
+  Status LoadOldDecoded() {
+    if (old_decoded_valid_ && old_decoded_offset_ == seg_.old_offset &&
+        old_decoded_stream_length_ == seg_.old_length && old_decoded_kind_ == seg_.transform) {
       return Status::Ok();
     }
-    old_puff_valid_ = false;
+    old_decoded_valid_ = false;
     Bytes stream(seg_.old_length);
     DS_RETURN_IF_ERROR(old_->ReadAt(seg_.old_offset, stream));
-    PuffLimits limits;
-    limits.max_puff = seg_.old_puff_length;
-    Result<Puffed> p = Puff(stream, limits);
-    if (!p.ok() || p->deflate_size != seg_.old_length || p->puff.size() != seg_.old_puff_length) {
-      return Error(ErrorCode::kPatchMalformed,
-                   "old[" + std::to_string(seg_.old_offset) + ", +" +
-                       std::to_string(seg_.old_length) +
-                       ") is not the deflate stream the patch describes" +
-                       (p.ok() ? std::string() : ": " + p.status().message()));
+    Status bad;
+    if (seg_.transform == Transform::kDeflate) {
+      PuffLimits limits;
+      limits.max_puff = seg_.old_decoded_length;
+      Result<Puffed> p = Puff(stream, limits);
+      if (!p.ok()) {
+        bad = p.status();
+      } else if (p->deflate_size != seg_.old_length || p->puff.size() != seg_.old_decoded_length) {
+        bad = Error(ErrorCode::kPatchMalformed, "lengths differ");
+      } else {
+        old_decoded_ = std::move(p->puff);
+      }
+    } else {
+      uint64_t consumed = 0;
+      Result<Bytes> c = XzDecode(stream, seg_.old_decoded_length, &consumed);
+      if (!c.ok()) {
+        bad = c.status();
+      } else if (consumed != seg_.old_length || c->size() != seg_.old_decoded_length) {
+        bad = Error(ErrorCode::kPatchMalformed, "lengths differ");
+      } else {
+        old_decoded_ = std::move(c).value();
+      }
     }
-    old_puff_ = std::move(p->puff);
-    old_puff_offset_ = seg_.old_offset;
-    old_puff_stream_length_ = seg_.old_length;
-    old_puff_valid_ = true;
+    if (!bad.ok()) {
+      return Error(ErrorCode::kPatchMalformed, "old[" + std::to_string(seg_.old_offset) + ", +" +
+                                                   std::to_string(seg_.old_length) +
+                                                   ") is not the " + TransformName(seg_.transform) +
+                                                   " stream the patch describes: " + bad.message());
+    }
+    old_decoded_offset_ = seg_.old_offset;
+    old_decoded_stream_length_ = seg_.old_length;
+    old_decoded_kind_ = seg_.transform;
+    old_decoded_valid_ = true;
     return Status::Ok();
   }
 
   // Reads the old file as the current segment's transform sees it. REQUIRES: in range.
   Status ReadOld(uint64_t pos, std::span<uint8_t> out) {
     if (seg_.transform == Transform::kNone) return old_reader_.Read(pos, out);
-    if (seg_.transform == Transform::kDeflate) {
-      if (!out.empty()) std::memcpy(out.data(), old_puff_.data() + pos, out.size());
+    if (IsRecompressTransform(seg_.transform)) {
+      if (!out.empty()) std::memcpy(out.data(), old_decoded_.data() + pos, out.size());
       return Status::Ok();
     }
     // Transformed: whole filter blocks, filtered, kept in a small direct-mapped cache (copies
@@ -606,10 +649,12 @@ class PatchApplier::Impl {
   };
   std::vector<FilteredBlock> fblocks_ = std::vector<FilteredBlock>(kFilteredBlockSlots);
   TargetMap target_map_;  // From the header's transform tables.
-  // Deflate segments: the puff of the old stream last named, and the method's output length.
-  Bytes old_puff_;
-  uint64_t old_puff_offset_ = 0, old_puff_stream_length_ = 0;
-  bool old_puff_valid_ = false;
+  // Recompression segments: the decoded form of the old stream last named, and the method's
+  // output length.
+  Bytes old_decoded_;
+  uint64_t old_decoded_offset_ = 0, old_decoded_stream_length_ = 0;
+  Transform old_decoded_kind_ = Transform::kNone;
+  bool old_decoded_valid_ = false;
   uint64_t method_length_ = 0;
   uint64_t segments_done_ = 0;
   uint64_t output_bytes_ = 0;

@@ -86,9 +86,11 @@ struct ApplyLimits {
   uint64_t max_segment_output = 64ull << 20;
   uint64_t max_segment_payload = 96ull << 20;
   uint64_t max_ref_window = 64ull << 20;
-  // Largest puff (old or new) of a deflate segment (DSPF 1.2); a deflate segment holds both
-  // puffs and the re-encoded stream.
-  uint64_t max_puff = 64ull << 20;
+  // Largest decoded form (puff or xz content, old or new) of a recompression segment (DSPF 1.2);
+  // such a segment holds both and the re-encoded stream.
+  uint64_t max_decoded = 64ull << 20;
+  // Most memory the xz encoder of an xz segment may need (DSPF 1.2; liblzma's estimate).
+  uint64_t max_encoder_memory = 128ull << 20;
   // Hash the whole old file before the first segment (kPatchWrongBase on mismatch). Leave on
   // unless the caller has verified the old file's SHA-256 itself.
   bool verify_old_hash = true;

@@ -39,12 +39,15 @@ struct GenerateOptions {
   bool try_zstd_ref = true;
   // Try the executable transforms (branch filters) on ELF files; kept per segment when smaller.
   bool try_transforms = true;
-  // Try the deflate transform on gzip and zip files: deflate streams diffed as puffs, rebuilt
-  // bit-exactly; the patch is kept when smaller than the plain one.
-  bool try_deflate = true;
-  // Largest puff (old or new) of a stream the deflate transform takes on; the applier holds two
-  // puffs and the stream.
-  uint64_t max_puff = 16ull << 20;
+  // Try the recompression transforms: deflate streams of gzip and zip files diffed as puffs, and
+  // .xz streams (whole files, .deb members) diffed on their content, both rebuilt bit-exactly;
+  // the patch is kept when smaller than the plain one.
+  bool try_recompress = true;
+  // Largest decoded form (puff or xz content, old or new) of a stream these transforms take on;
+  // the applier holds two of them and the stream.
+  uint64_t max_decoded = 16ull << 20;
+  // xz streams whose settings need more encoder memory than this (at apply time) are left alone.
+  uint64_t max_encoder_memory = 128ull << 20;
   // Worker threads; 0 = one per core.
   int threads = 0;
 };
@@ -61,11 +64,12 @@ struct GenerateStats {
   uint64_t transform_segments = 0;
   uint64_t transform_saved_bytes = 0;
   double transform_seconds = 0;
-  // Deflate transform: segments that use it, the bytes it saved over the plain encoding of the
-  // same streams, and the time spent on it (finding, puffing, matching and encoding streams).
-  uint64_t deflate_segments = 0;
-  uint64_t deflate_saved_bytes = 0;
-  double deflate_seconds = 0;
+  // Recompression transforms (deflate, xz): segments that use them, the bytes they saved over the
+  // plain encoding of the same streams, and the time spent on them (finding, decoding, proving,
+  // matching and encoding streams).
+  uint64_t recompress_segments = 0;
+  uint64_t recompress_saved_bytes = 0;
+  double recompress_seconds = 0;
   double suffix_sort_seconds = 0;
   double match_seconds = 0;
   double total_seconds = 0;

@@ -20,6 +20,7 @@
 #include "delta/matcher.h"
 #include "delta/patch_format.h"
 #include "delta/suffix_array.h"
+#include "delta/xz_streams.h"
 
 namespace ds::delta {
 namespace {
@@ -655,37 +656,72 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
   return patch;
 }
 
-// A piece of the new file in a deflate plan: a stream rebuilt from its puff (pair >= 0) or bytes
-// between streams, encoded plainly.
+// A stream a recompression transform can rebuild: a deflate stream (decoded = its puff) or an
+// .xz stream (decoded = its content, params = the settings that reproduce it).
+struct RecompressStream {
+  Transform kind = Transform::kNone;
+  std::string name;
+  uint64_t offset = 0, length = 0;
+  Bytes decoded;
+  XzParams xz;
+};
+
+// The streams of |file|, sorted by offset and disjoint. |prove|: new file (xz settings needed).
+std::vector<RecompressStream> FindRecompressStreams(ByteView file, bool prove,
+                                                    const GenerateOptions& options) {
+  std::vector<RecompressStream> out;
+  DeflateStreamLimits dl;
+  dl.max_puff = options.max_decoded;
+  for (DeflateStream& d : FindDeflateStreams(file, dl)) {
+    out.push_back({Transform::kDeflate, d.name, d.offset, d.length, std::move(d.puff), {}});
+  }
+  XzStreamLimits xl;
+  xl.max_content = options.max_decoded;
+  xl.max_encoder_memory = options.max_encoder_memory;
+  for (XzStream& x : FindXzStreams(file, prove, xl)) {
+    out.push_back({Transform::kXz, x.name, x.offset, x.length, std::move(x.content), x.params});
+  }
+  std::sort(out.begin(), out.end(), [](const RecompressStream& a, const RecompressStream& b) {
+    return a.offset < b.offset;
+  });
+  std::vector<RecompressStream> disjoint;
+  for (RecompressStream& r : out) {
+    if (!disjoint.empty() && r.offset < disjoint.back().offset + disjoint.back().length) continue;
+    disjoint.push_back(std::move(r));
+  }
+  return disjoint;
+}
+
+// A piece of the new file in a recompression plan: a stream rebuilt from its decoded form
+// (pair >= 0) or bytes between streams, encoded plainly.
 struct Piece {
   uint64_t begin = 0, end = 0;
   int pair = -1;
 };
 
-// The bytes of one encoded piece (a deflate segment or plain segments) and, for a stream, what
-// its plain encoding would have cost.
+// The bytes of one encoded piece and, for a stream, what its plain encoding would have cost.
 struct PieceResult {
   EncodedSegment seg;
   uint64_t plain_size = 0;
   Status status;
 };
 
-// The patch with the deflate transform: each deflate stream of the new file that has a namesake
-// in the old file (gzip member, zip entry) becomes one segment rebuilt from its puff, diffed
-// against the old stream's puff; the bytes between streams are encoded plainly. Empty when no
-// stream pairs up or no deflate segment beats its plain encoding.
-Result<Bytes> GenerateDeflate(ByteView old, ByteView neu, const GenerateOptions& options,
-                              GenerateStats& st) {
+// The patch with the recompression transforms: each deflate or .xz stream of the new file that
+// has a namesake of the same kind in the old file (gzip member by index, zip entry or ar member by
+// name, a whole .xz file) becomes one segment rebuilt from its decoded form (puff or content),
+// diffed against the old stream's; the bytes between streams are encoded plainly. Empty when no
+// stream pairs up or no such segment beats its plain encoding.
+Result<Bytes> GenerateRecompress(ByteView old, ByteView neu, const GenerateOptions& options,
+                                 GenerateStats& st) {
   const auto t0 = Clock::now();
-  DeflateStreamLimits limits;
-  limits.max_puff = options.max_puff;
-  std::vector<DeflateStream> new_streams = FindDeflateStreams(neu, limits);
+  std::vector<RecompressStream> new_streams = FindRecompressStreams(neu, true, options);
   if (new_streams.empty()) return Bytes();
-  std::vector<DeflateStream> old_streams = FindDeflateStreams(old, limits);
+  std::vector<RecompressStream> old_streams = FindRecompressStreams(old, false, options);
   std::vector<std::pair<size_t, size_t>> pairs;  // (new stream, old stream)
   for (size_t i = 0; i < new_streams.size(); ++i) {
     for (size_t j = 0; j < old_streams.size(); ++j) {
-      if (old_streams[j].name == new_streams[i].name) {
+      if (old_streams[j].kind == new_streams[i].kind &&
+          old_streams[j].name == new_streams[i].name) {
         pairs.emplace_back(i, j);
         break;
       }
@@ -702,7 +738,7 @@ Result<Bytes> GenerateDeflate(ByteView old, ByteView neu, const GenerateOptions&
   };
   uint64_t pos = 0;
   for (size_t k = 0; k < pairs.size(); ++k) {
-    const DeflateStream& ns = new_streams[pairs[k].first];
+    const RecompressStream& ns = new_streams[pairs[k].first];
     add_gap(pos, ns.offset);
     pieces.push_back({ns.offset, ns.offset + ns.length, static_cast<int>(k)});
     pos = ns.offset + ns.length;
@@ -742,54 +778,61 @@ Result<Bytes> GenerateDeflate(ByteView old, ByteView neu, const GenerateOptions&
     if (cd->encoded_size() < r.seg.encoded_size()) r.seg = std::move(cd).value();
     r.plain_size = r.seg.encoded_size();
     if (piece.pair < 0) return;
-    // In puff space.
-    const DeflateStream& ns = new_streams[pairs[piece.pair].first];
-    const DeflateStream& os = old_streams[pairs[piece.pair].second];
-    Result<SuffixArray> psa = SuffixArray::Build(os.puff);
-    if (!psa.ok()) {
-      r.status = psa.status();
+    // In the decoded space.
+    const RecompressStream& ns = new_streams[pairs[piece.pair].first];
+    const RecompressStream& os = old_streams[pairs[piece.pair].second];
+    Result<SuffixArray> dsa = SuffixArray::Build(os.decoded);
+    if (!dsa.ok()) {
+      r.status = dsa.status();
       return;
     }
-    const uint64_t p = ns.puff.size();
-    std::vector<CopyOp> pops = MatchRange(*psa, ns.puff, 0, p);
-    PruneCopies(&pops, 0, LooksLikeText(ns.puff) ? kTextLiteralCost : kBinaryLiteralCost);
+    const uint64_t p = ns.decoded.size();
+    std::vector<CopyOp> dops = MatchRange(*dsa, ns.decoded, 0, p);
+    PruneCopies(&dops, 0, LooksLikeText(ns.decoded) ? kTextLiteralCost : kBinaryLiteralCost);
     Result<EncodedSegment> best =
-        EncodeCopyDiff(os.puff, ns.puff, 0, pops, options.stream_level, comp);
+        EncodeCopyDiff(os.decoded, ns.decoded, 0, dops, options.stream_level, comp);
     if (!best.ok()) {
       r.status = best.status();
       return;
     }
-    // Many small edits (text): LZMA2 over the whole old puff often does better.
+    // Many small edits (text): LZMA2 over the whole old decoded form often does better.
     if (best->encoded_size() * 1000 > p && p <= options.whole_file_limit) {
-      Result<EncodedSegment> lz = EncodeRef(os.puff, ns.puff, 0, p, 0, os.puff.size(), 0, comp);
+      Result<EncodedSegment> lz =
+          EncodeRef(os.decoded, ns.decoded, 0, p, 0, os.decoded.size(), 0, comp);
       if (!lz.ok()) {
         r.status = lz.status();
         return;
       }
       if (lz->encoded_size() < best->encoded_size()) best = std::move(lz);
     }
-    // The four deflate fields cost a few bytes more than a plain segment header.
+    // The transform's fields cost a few bytes more than a plain segment header.
     if (best->encoded_size() + 16 < r.seg.encoded_size()) {
-      best->header.transform = Transform::kDeflate;
-      best->header.old_offset = os.offset;
-      best->header.old_length = os.length;
-      best->header.old_puff_length = os.puff.size();
-      best->header.puff_length = p;
+      SegmentHeader& h = best->header;
+      h.transform = ns.kind;
+      h.old_offset = os.offset;
+      h.old_length = os.length;
+      h.old_decoded_length = os.decoded.size();
+      h.decoded_length = p;
+      if (ns.kind == Transform::kXz) {
+        h.xz_preset = ns.xz.preset;
+        h.xz_check = ns.xz.check;
+        h.xz_block_size = ns.xz.block_size;
+      }
       r.seg = std::move(best).value();
     }
   });
   for (const PieceResult& r : results) DS_RETURN_IF_ERROR(r.status);
 
-  uint64_t saved = 0, deflate_segments = 0;
+  uint64_t saved = 0, recompress_segments = 0;
   for (PieceResult& r : results) {
-    if (r.seg.header.transform != Transform::kDeflate) continue;
-    ++deflate_segments;
+    if (!IsRecompressTransform(r.seg.header.transform)) continue;
+    ++recompress_segments;
     saved += r.plain_size - r.seg.encoded_size();
   }
-  if (deflate_segments == 0) return Bytes();
-  header.flags = kFlagDeflate;
+  if (recompress_segments == 0) return Bytes();
+  header.flags = kFlagRecompress;
   header.minor = 2;
-  header.deflate_saved = saved;
+  header.recompress_saved = saved;
   for (size_t i = 0; i < pieces.size(); ++i) {
     EncodedSegment& seg = results[i].seg;
     const uint64_t len = pieces[i].end - pieces[i].begin;
@@ -799,35 +842,40 @@ Result<Bytes> GenerateDeflate(ByteView old, ByteView neu, const GenerateOptions&
     seg.header.payload_length = seg.payload.size();
     header.max_segment_output = std::max(header.max_segment_output, len);
     header.max_segment_payload = std::max<uint64_t>(header.max_segment_payload, seg.payload.size());
-    if (seg.header.transform == Transform::kDeflate) {
-      header.max_puff =
-          std::max({header.max_puff, seg.header.puff_length, seg.header.old_puff_length});
+    if (IsRecompressTransform(seg.header.transform)) {
+      header.max_decoded =
+          std::max({header.max_decoded, seg.header.decoded_length, seg.header.old_decoded_length});
+      if (seg.header.transform == Transform::kXz) {
+        const XzParams xp{seg.header.xz_preset, seg.header.xz_check, seg.header.xz_block_size};
+        header.max_encoder_memory =
+            std::max(header.max_encoder_memory, XzEncoderMemory(xp, seg.header.decoded_length));
+      }
     } else {
       header.max_ref_window = std::max(header.max_ref_window, seg.ref_length);
     }
   }
   header.segment_count = pieces.size();
-  GenerateStats ds;
-  ds.segments = pieces.size();
+  GenerateStats rs;
+  rs.segments = pieces.size();
   for (const PieceResult& r : results) {
-    ds.copy_ops += r.seg.copy_ops;
+    rs.copy_ops += r.seg.copy_ops;
     switch (r.seg.header.method) {
       case Method::kStored:
-        ++ds.stored_segments;
+        ++rs.stored_segments;
         break;
       case Method::kCopyDiff:
-        ++ds.copydiff_segments;
+        ++rs.copydiff_segments;
         break;
       case Method::kZstdRef:
       case Method::kLzmaRef:
-        ++ds.ref_segments;
+        ++rs.ref_segments;
         break;
     }
   }
-  ds.deflate_segments = deflate_segments;
-  ds.deflate_saved_bytes = saved;
-  ds.deflate_seconds = SecondsSince(t0);
-  st = ds;
+  rs.recompress_segments = recompress_segments;
+  rs.recompress_saved_bytes = saved;
+  rs.recompress_seconds = SecondsSince(t0);
+  st = rs;
   Bytes patch;
   WriteFileHeader(header, &patch);
   for (const PieceResult& r : results) WriteSegment(r.seg.header, r.seg.payload, &patch);
@@ -847,17 +895,17 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
     return Error(ErrorCode::kInvalidArgument, "bad generator options");
   }
   Result<Bytes> plain = GenerateGeneric(old, neu, options, st);
-  if (!plain.ok() || !options.try_deflate || old.empty() || neu.empty()) return plain;
-  GenerateStats ds;
-  Result<Bytes> deflate = GenerateDeflate(old, neu, options, ds);
-  if (!deflate.ok()) return deflate.status();
+  if (!plain.ok() || !options.try_recompress || old.empty() || neu.empty()) return plain;
+  GenerateStats rs;
+  Result<Bytes> recompressed = GenerateRecompress(old, neu, options, rs);
+  if (!recompressed.ok()) return recompressed.status();
   // Never larger than the plain patch.
-  if (!deflate->empty() && deflate->size() < plain->size()) {
-    st = ds;
+  if (!recompressed->empty() && recompressed->size() < plain->size()) {
+    st = rs;
     st.total_seconds = SecondsSince(t0);
-    return deflate;
+    return recompressed;
   }
-  st.deflate_seconds = ds.deflate_seconds;
+  st.recompress_seconds = rs.recompress_seconds;
   st.total_seconds = SecondsSince(t0);
   return plain;
 }

@@ -36,12 +36,12 @@ Result<PatchInfo> InspectPatch(ByteView patch) {
         !(info.header.flags & kFlagCodeRegions)) {
       return Error(ErrorCode::kPatchMalformed, where + " has a transform but the patch no tables");
     }
-    if (h.transform == Transform::kDeflate &&
-        (!(info.header.flags & kFlagDeflate) || h.puff_length == 0 || h.old_length == 0 ||
-         h.puff_length > info.header.max_puff || h.old_puff_length > info.header.max_puff ||
-         h.old_offset > info.header.old_size ||
+    if (IsRecompressTransform(h.transform) &&
+        (!(info.header.flags & kFlagRecompress) || h.decoded_length == 0 || h.old_length == 0 ||
+         h.decoded_length > info.header.max_decoded ||
+         h.old_decoded_length > info.header.max_decoded || h.old_offset > info.header.old_size ||
          h.old_length > info.header.old_size - h.old_offset)) {
-      return Error(ErrorCode::kPatchMalformed, where + " has bad deflate fields");
+      return Error(ErrorCode::kPatchMalformed, where + " has bad recompression fields");
     }
     expected_offset = end;
     if (h.payload_length > patch.size() - pos) {

@@ -34,6 +34,8 @@ const char* TransformName(Transform t) {
       return "arm64-branch";
     case Transform::kDeflate:
       return "deflate";
+    case Transform::kXz:
+      return "xz";
   }
   return "unknown";
 }
@@ -93,9 +95,10 @@ void WriteFileHeader(const FileHeader& h, Bytes* out) {
     f.WriteVarint(tables.size());
     f.WriteU32Le(Crc32c(tables));
   }
-  if (h.flags & kFlagDeflate) {
-    f.WriteVarint(h.max_puff);
-    f.WriteVarint(h.deflate_saved);
+  if (h.flags & kFlagRecompress) {
+    f.WriteVarint(h.max_decoded);
+    f.WriteVarint(h.max_encoder_memory);
+    f.WriteVarint(h.recompress_saved);
   }
 
   const size_t start = out->size();
@@ -223,8 +226,9 @@ Status ParseFileHeader(ByteView buf, FileHeader* h, size_t* consumed) {
       return Error(ErrorCode::kPatchMalformed, "transform tables too long");
     }
   }
-  if (out.flags & kFlagDeflate) {
-    if (!fr.ReadVarint(&out.max_puff) || !fr.ReadVarint(&out.deflate_saved)) {
+  if (out.flags & kFlagRecompress) {
+    if (!fr.ReadVarint(&out.max_decoded) || !fr.ReadVarint(&out.max_encoder_memory) ||
+        !fr.ReadVarint(&out.recompress_saved)) {
       return Error(ErrorCode::kPatchMalformed, "file header fields truncated");
     }
   }
@@ -254,7 +258,8 @@ Status ValidateFileHeader(const FileHeader& h) {
       (!h.old_regions.empty() || !h.new_regions.empty() || !h.address_map.empty())) {
     return Error(ErrorCode::kPatchMalformed, "code regions without their flag");
   }
-  if (!(h.flags & kFlagDeflate) && (h.max_puff != 0 || h.deflate_saved != 0)) {
+  if (!(h.flags & kFlagRecompress) &&
+      (h.max_decoded != 0 || h.max_encoder_memory != 0 || h.recompress_saved != 0)) {
     return Error(ErrorCode::kPatchMalformed, "deflate fields without their flag");
   }
   DS_RETURN_IF_ERROR(ValidateCodeRegions(h.old_regions, h.old_size));
@@ -293,11 +298,16 @@ void WriteSegment(const SegmentHeader& s, ByteView payload, Bytes* out) {
   f.WriteU8(static_cast<uint8_t>(s.transform));
   f.WriteVarint(payload.size());
   f.WriteU32Le(s.output_crc32c);
-  if (s.transform == Transform::kDeflate) {
+  if (IsRecompressTransform(s.transform)) {
     f.WriteVarint(s.old_offset);
     f.WriteVarint(s.old_length);
-    f.WriteVarint(s.old_puff_length);
-    f.WriteVarint(s.puff_length);
+    f.WriteVarint(s.old_decoded_length);
+    f.WriteVarint(s.decoded_length);
+  }
+  if (s.transform == Transform::kXz) {
+    f.WriteU8(s.xz_preset);
+    f.WriteU8(s.xz_check);
+    f.WriteVarint(s.xz_block_size);
   }
 
   const size_t start = out->size();
@@ -346,10 +356,14 @@ Status ParseSegmentHeader(ByteView buf, SegmentHeader* s, size_t* consumed, uint
   }
   out.method = static_cast<Method>(method);
   out.transform = static_cast<Transform>(transform);
-  if (out.transform == Transform::kDeflate &&
+  if (IsRecompressTransform(out.transform) &&
       (!fr.ReadVarint(&out.old_offset) || !fr.ReadVarint(&out.old_length) ||
-       !fr.ReadVarint(&out.old_puff_length) || !fr.ReadVarint(&out.puff_length))) {
-    return Error(ErrorCode::kPatchMalformed, "deflate segment fields truncated");
+       !fr.ReadVarint(&out.old_decoded_length) || !fr.ReadVarint(&out.decoded_length))) {
+    return Error(ErrorCode::kPatchMalformed, "recompression segment fields truncated");
+  }
+  if (out.transform == Transform::kXz && (!fr.ReadU8(&out.xz_preset) || !fr.ReadU8(&out.xz_check) ||
+                                          !fr.ReadVarint(&out.xz_block_size))) {
+    return Error(ErrorCode::kPatchMalformed, "xz segment fields truncated");
   }
   *crc_state = Crc32c(buf.first(covered));
   *s = out;

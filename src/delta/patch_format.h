@@ -30,10 +30,10 @@ inline constexpr uint8_t kFormatMinor = 2;
 // FileHeader::flags bits. A reader refuses bits it does not know (1.0 readers refuse them all).
 // kFlagCodeRegions (1.1): the header carries the code region tables of the branch transforms.
 inline constexpr uint64_t kFlagCodeRegions = 1;
-// kFlagDeflate (1.2): some segments use the deflate transform; the header carries max_puff and
-// deflate_saved.
-inline constexpr uint64_t kFlagDeflate = 2;
-inline constexpr uint64_t kKnownHeaderFlags = kFlagCodeRegions | kFlagDeflate;
+// kFlagRecompress (1.2): some segments use a recompression transform (deflate, xz); the header
+// carries max_decoded, max_encoder_memory and recompress_saved.
+inline constexpr uint64_t kFlagRecompress = 2;
+inline constexpr uint64_t kKnownHeaderFlags = kFlagCodeRegions | kFlagRecompress;
 
 // Bounds on the framing itself (not on the data), so that a hostile patch cannot make the reader
 // buffer an unbounded header.
@@ -69,8 +69,15 @@ enum class Transform : uint8_t {
   // the method works on puffs: it reads the puff of an old deflate stream and produces the new
   // puff, which the applier re-encodes bit-exactly.
   kDeflate = 3,
+  // 1.2: the segment's range is one .xz stream, rebuilt by compressing its content again with
+  // the liblzma settings the generator proved reproduce it (xz_rebuild.h); the method reads the
+  // content of an old .xz stream and produces the new content.
+  kXz = 4,
 };
-inline constexpr uint8_t kMaxTransform = 3;
+inline constexpr uint8_t kMaxTransform = 4;
+inline bool IsRecompressTransform(Transform t) {
+  return t == Transform::kDeflate || t == Transform::kXz;
+}
 const char* TransformName(Transform t);
 
 // A range of a file loaded at virtual address |vaddr|: machine code (filtered by the branch
@@ -120,11 +127,13 @@ struct FileHeader {
   std::vector<CodeRegion> new_regions;
   std::vector<AddressRun> address_map;
   uint64_t transform_saved = 0;
-  // 1.2, present iff flags & kFlagDeflate: the largest puff (old or new) any deflate segment
-  // holds while it is applied, and the generator's estimate of the bytes the deflate transform
-  // saved (informational).
-  uint64_t max_puff = 0;
-  uint64_t deflate_saved = 0;
+  // 1.2, present iff flags & kFlagRecompress: the largest decoded form (a deflate puff or xz
+  // content, old or new) any recompression segment holds while it is applied; the most memory
+  // the xz encoder of any xz segment needs (liblzma's estimate; 0 without xz segments); the
+  // generator's estimate of the bytes the recompression transforms saved (informational).
+  uint64_t max_decoded = 0;
+  uint64_t max_encoder_memory = 0;
+  uint64_t recompress_saved = 0;
 };
 
 struct SegmentHeader {
@@ -134,13 +143,18 @@ struct SegmentHeader {
   Transform transform = Transform::kNone;
   uint64_t payload_length = 0;
   uint32_t output_crc32c = 0;  // CRC32C of the rebuilt new bytes of this segment.
-  // Transform::kDeflate only (written after output_crc32c): the old deflate stream
-  // old[old_offset, +old_length) whose puff (old_puff_length bytes) the method reads as its old
-  // file, and the length of the new puff the method produces.
+  // Transforms kDeflate and kXz only (written after output_crc32c): the old stream
+  // old[old_offset, +old_length) whose decoded form (puff or content, old_decoded_length bytes)
+  // the method reads as its old file, and the length of the new decoded form it produces.
   uint64_t old_offset = 0;
   uint64_t old_length = 0;
-  uint64_t old_puff_length = 0;
-  uint64_t puff_length = 0;
+  uint64_t old_decoded_length = 0;
+  uint64_t decoded_length = 0;
+  // kXz only: liblzma preset (level 0-9, bit 7 = extreme), integrity check id, and block size of
+  // the multi-threaded encoder (0: the single-threaded stream encoder).
+  uint8_t xz_preset = 0;
+  uint8_t xz_check = 0;
+  uint64_t xz_block_size = 0;
 };
 
 // Serialises |h| (with its checksum, and its transform tables when it has kFlagCodeRegions).
