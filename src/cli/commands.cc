@@ -55,6 +55,7 @@ Status RunDiff(const DiffArgs& args) {
   }
   delta::GenerateOptions options = args.options;
   if (args.no_zstd_ref) options.try_zstd_ref = false;
+  if (args.no_transforms) options.try_transforms = options.try_recompress = false;
   delta::GenerateStats stats;
   DS_ASSIGN_OR_RETURN(Bytes patch,
                       delta::GeneratePatch(old_map->bytes(), new_map->bytes(), options, &stats));
@@ -70,6 +71,15 @@ Status RunDiff(const DiffArgs& args) {
                 stats.copy_ops);
     if (stats.unmatched_fraction >= 0) {
       std::printf("sampled new pieces not in old: %.1f%%\n", 100 * stats.unmatched_fraction);
+    }
+    if (stats.transform_segments > 0) {
+      std::printf("branch transform: %" PRIu64 " segments, saved %" PRIu64 " B, %.2f s\n",
+                  stats.transform_segments, stats.transform_saved_bytes, stats.transform_seconds);
+    }
+    if (stats.recompress_segments > 0 || stats.recompress_seconds > 0) {
+      std::printf(
+          "recompression (deflate, xz): %" PRIu64 " segments, saved %" PRIu64 " B, %.2f s\n",
+          stats.recompress_segments, stats.recompress_saved_bytes, stats.recompress_seconds);
     }
     std::printf("suffix sort %.2f s, matching %.2f s, total %.2f s\n", stats.suffix_sort_seconds,
                 stats.match_seconds, Since(t0));

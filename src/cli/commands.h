@@ -17,6 +17,7 @@ struct DiffArgs {
   std::string format = "dspf";
   delta::VcdiffEncodeOptions vcdiff;
   bool no_zstd_ref = false;
+  bool no_transforms = false;  // Neither the executable nor the recompression transforms.
   bool verbose = false;
 };
 Status RunDiff(const DiffArgs& args);

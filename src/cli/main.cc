@@ -32,6 +32,9 @@ int main(int argc, char** argv) {
   d->add_option("--threads", diff.options.threads, "Worker threads (0 = one per core)")
       ->capture_default_str();
   d->add_flag("--no-zstd-ref", diff.no_zstd_ref, "Do not try zstd reference segments");
+  d->add_flag("--no-transforms", diff.no_transforms,
+              "Plain byte diff only: no executable (branch) or recompression (deflate, xz) "
+              "transforms");
   d->add_option("--format", diff.format,
                 "Patch format: dspf (deltastream) or vcdiff (RFC 3284, decodes with xdelta3 -d)")
       ->check(CLI::IsMember({"dspf", "vcdiff"}))

@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <functional>
 #include <future>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -711,10 +713,10 @@ struct PieceResult {
 // name, a whole .xz file) becomes one segment rebuilt from its decoded form (puff or content),
 // diffed against the old stream's; the bytes between streams are encoded plainly. Empty when no
 // stream pairs up or no such segment beats its plain encoding.
-Result<Bytes> GenerateRecompress(ByteView old, ByteView neu, const GenerateOptions& options,
-                                 GenerateStats& st) {
+Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
+                                 std::vector<RecompressStream> new_streams,
+                                 const GenerateOptions& options, GenerateStats& st) {
   const auto t0 = Clock::now();
-  std::vector<RecompressStream> new_streams = FindRecompressStreams(neu, true, options);
   if (new_streams.empty()) return Bytes();
   std::vector<RecompressStream> old_streams = FindRecompressStreams(old, false, options);
   std::vector<std::pair<size_t, size_t>> pairs;  // (new stream, old stream)
@@ -748,8 +750,10 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu, const GenerateOptio
   const int threads = ThreadCount(options);
   std::vector<std::unique_ptr<Compressor>> comps;
   for (int i = 0; i < threads; ++i) comps.push_back(std::make_unique<Compressor>());
-  Result<SuffixArray> sa = SuffixArray::Build(old);
-  if (!sa.ok()) return sa.status();
+  // The old file's suffix array, built when a piece needs a plain encoding (the pieces around a
+  // single gzip member are a few bytes, stored).
+  std::once_flag sa_once;
+  Result<SuffixArray> sa = Error(ErrorCode::kInternal, "suffix array not built");
   FileHeader header;
   header.old_size = old.size();
   header.new_size = m;
@@ -766,21 +770,35 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu, const GenerateOptio
     PieceResult& r = results[order[task]];
     Compressor* comp = comps[worker].get();
     // The plain encoding, as the generic patch would make it.
-    std::vector<CopyOp> ops = MatchRange(*sa, neu, piece.begin, piece.end);
-    PruneCopies(&ops, piece.begin, kBinaryLiteralCost);
-    r.seg = Stored(neu, piece.begin, piece.end);
-    Result<EncodedSegment> cd =
-        EncodeCopyDiff(old, neu, piece.begin, ops, options.stream_level, comp);
-    if (!cd.ok()) {
-      r.status = cd.status();
+    auto encode_plain = [&]() -> Status {
+      r.seg = Stored(neu, piece.begin, piece.end);
+      r.plain_size = r.seg.encoded_size();
+      if (piece.end - piece.begin <= 64) return Status::Ok();
+      std::call_once(sa_once, [&] { sa = SuffixArray::Build(old); });
+      if (!sa.ok()) return sa.status();
+      std::vector<CopyOp> ops = MatchRange(*sa, neu, piece.begin, piece.end);
+      PruneCopies(&ops, piece.begin, kBinaryLiteralCost);
+      r.seg = Stored(neu, piece.begin, piece.end);
+      Result<EncodedSegment> cd =
+          EncodeCopyDiff(old, neu, piece.begin, ops, options.stream_level, comp);
+      if (!cd.ok()) return cd.status();
+      if (cd->encoded_size() < r.seg.encoded_size()) r.seg = std::move(cd).value();
+      r.plain_size = r.seg.encoded_size();
+      return Status::Ok();
+    };
+    if (piece.pair < 0) {
+      r.status = encode_plain();
       return;
     }
-    if (cd->encoded_size() < r.seg.encoded_size()) r.seg = std::move(cd).value();
-    r.plain_size = r.seg.encoded_size();
-    if (piece.pair < 0) return;
-    // In the decoded space.
     const RecompressStream& ns = new_streams[pairs[piece.pair].first];
     const RecompressStream& os = old_streams[pairs[piece.pair].second];
+    // An unchanged stream is a plain copy.
+    if (ns.length == os.length &&
+        std::memcmp(neu.data() + ns.offset, old.data() + os.offset, ns.length) == 0) {
+      r.status = encode_plain();
+      return;
+    }
+    // In the decoded space.
     Result<SuffixArray> dsa = SuffixArray::Build(os.decoded);
     if (!dsa.ok()) {
       r.status = dsa.status();
@@ -788,15 +806,16 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu, const GenerateOptio
     }
     const uint64_t p = ns.decoded.size();
     std::vector<CopyOp> dops = MatchRange(*dsa, ns.decoded, 0, p);
-    PruneCopies(&dops, 0, LooksLikeText(ns.decoded) ? kTextLiteralCost : kBinaryLiteralCost);
+    const bool text = LooksLikeText(ns.decoded);
+    PruneCopies(&dops, 0, text ? kTextLiteralCost : kBinaryLiteralCost);
     Result<EncodedSegment> best =
         EncodeCopyDiff(os.decoded, ns.decoded, 0, dops, options.stream_level, comp);
     if (!best.ok()) {
       r.status = best.status();
       return;
     }
-    // Many small edits (text): LZMA2 over the whole old decoded form often does better.
-    if (best->encoded_size() * 1000 > p && p <= options.whole_file_limit) {
+    // Text with many small edits: LZMA2 over the whole old decoded form often does better.
+    if (text && best->encoded_size() * 100 > p && p <= options.whole_file_limit) {
       Result<EncodedSegment> lz =
           EncodeRef(os.decoded, ns.decoded, 0, p, 0, os.decoded.size(), 0, comp);
       if (!lz.ok()) {
@@ -804,6 +823,16 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu, const GenerateOptio
         return;
       }
       if (lz->encoded_size() < best->encoded_size()) best = std::move(lz);
+    }
+    // A changed compressed stream differs in its bytes from the first change on, so its plain
+    // encoding costs about as much as the rest of the stream: worth computing (to compare) only
+    // when the transform did not already do far better.
+    if (best->encoded_size() * 8 < ns.length) {
+      r.seg = Stored(neu, piece.begin, piece.end);
+      r.plain_size = r.seg.encoded_size();
+    } else {
+      r.status = encode_plain();
+      if (!r.status.ok()) return;
     }
     // The transform's fields cost a few bytes more than a plain segment header.
     if (best->encoded_size() + 16 < r.seg.encoded_size()) {
@@ -894,10 +923,20 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
       options.ref_level < 1 || options.ref_level > 22) {
     return Error(ErrorCode::kInvalidArgument, "bad generator options");
   }
+  // The new file's streams are found (and proven rebuildable, which costs a compression) while
+  // the plain patch is made.
+  const bool recompress = options.try_recompress && !old.empty() && !neu.empty();
+  std::future<std::vector<RecompressStream>> new_streams;
+  if (recompress) {
+    new_streams =
+        std::async(std::launch::async, [&] { return FindRecompressStreams(neu, true, options); });
+  }
   Result<Bytes> plain = GenerateGeneric(old, neu, options, st);
-  if (!plain.ok() || !options.try_recompress || old.empty() || neu.empty()) return plain;
+  if (!recompress) return plain;
+  std::vector<RecompressStream> streams = new_streams.get();
+  if (!plain.ok()) return plain;
   GenerateStats rs;
-  Result<Bytes> recompressed = GenerateRecompress(old, neu, options, rs);
+  Result<Bytes> recompressed = GenerateRecompress(old, neu, std::move(streams), options, rs);
   if (!recompressed.ok()) return recompressed.status();
   // Never larger than the plain patch.
   if (!recompressed->empty() && recompressed->size() < plain->size()) {

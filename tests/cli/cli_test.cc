@@ -191,6 +191,30 @@ TEST_F(CliTest, DiffMissingInputExits3) {
   EXPECT_EQ(Run({"diff", old_path_, dir_.Join("missing"), "-o", patch_path_}).exit_code, 3);
 }
 
+TEST_F(CliTest, GzipDiffUsesDeflateUnlessNoTransforms) {
+  // The real gzip(1) on both sides; inspect names the transform, --no-transforms turns it off.
+  if (std::system("command -v gzip >/dev/null 2>&1") != 0) GTEST_SKIP() << "no gzip binary";
+  const std::string old_gz = dir_.Join("old.gz"), new_gz = dir_.Join("new.gz");
+  ASSERT_EQ(std::system(("gzip -n -c " + old_path_ + " > " + old_gz).c_str()), 0);
+  WriteFileOrDie(dir_.Join("new.txt"), new_);
+  ASSERT_EQ(std::system(("gzip -n -c " + dir_.Join("new.txt") + " > " + new_gz).c_str()), 0);
+  RunResult d = Run({"diff", "-v", old_gz, new_gz, "-o", patch_path_});
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  EXPECT_NE(d.out.find("recompression (deflate, xz): 1 segments"), std::string::npos) << d.out;
+  RunResult i = Run({"inspect", patch_path_});
+  ASSERT_EQ(i.exit_code, 0) << i.err;
+  EXPECT_NE(i.out.find("DSPF 1.2"), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find("transform deflate"), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find("recompress  saved"), std::string::npos) << i.out;
+  ASSERT_EQ(Run({"apply", old_gz, patch_path_, "-o", out_path_}).exit_code, 0);
+  EXPECT_TRUE(ReadFileOrDie(out_path_) == ReadFileOrDie(new_gz));
+  const uint64_t with = ReadFileOrDie(patch_path_).size();
+  ASSERT_EQ(Run({"diff", "--no-transforms", old_gz, new_gz, "-o", patch_path_}).exit_code, 0);
+  RunResult plain = Run({"inspect", patch_path_});
+  EXPECT_EQ(plain.out.find("deflate"), std::string::npos) << plain.out;
+  EXPECT_LT(with * 4, ReadFileOrDie(patch_path_).size());
+}
+
 TEST_F(CliTest, InspectMissingPatchExits3) {
   EXPECT_EQ(Run({"inspect", dir_.Join("missing")}).exit_code, 3);
 }
