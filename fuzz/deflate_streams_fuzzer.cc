@@ -1,16 +1,20 @@
-// Fuzzes the container scanner of the deflate transform (src/delta/deflate_streams.h): gzip and
-// zip framing read from arbitrary bytes.
+// Fuzzes the container scanners of the recompression transforms: gzip and zip framing
+// (src/delta/deflate_streams.h), .xz and ar framing (src/delta/xz_streams.h), read from arbitrary
+// bytes.
 //
-// Properties: FindDeflateStreams never crashes and never fails; every stream it returns lies
-// inside the input, streams are sorted and disjoint, within the limits, and each puff re-encodes
-// to exactly the stream's bytes. The input is scanned as it is and, so that the zip parser gets
-// past its signature checks, with "PK\3\4" put in front.
+// Properties: FindDeflateStreams and FindXzStreams never crash and never fail; every stream they
+// return lies inside the input, streams are sorted and disjoint, within the limits; each puff
+// re-encodes to exactly the stream's bytes, and each xz stream's content decodes again from its
+// bytes. The input is scanned as it is and with "PK\3\4" and "!<arch>\n" put in front, so that the
+// zip and ar parsers get past their signature checks.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
 #include "delta/deflate_puff.h"
 #include "delta/deflate_streams.h"
+#include "delta/xz_rebuild.h"
+#include "delta/xz_streams.h"
 #include "fuzz_util.h"
 
 namespace {
@@ -35,6 +39,27 @@ void Check(ds::ByteView file) {
   }
 }
 
+void CheckXz(ds::ByteView file) {
+  ds::delta::XzStreamLimits limits;
+  limits.min_length = 1;
+  limits.max_content = 1 << 20;
+  limits.max_streams = 16;
+  // Without proofs: proving compresses with encoders of up to ~100 MiB, too slow per input.
+  const std::vector<ds::delta::XzStream> streams = ds::delta::FindXzStreams(file, false, limits);
+  FUZZ_CHECK(streams.size() <= limits.max_streams);
+  uint64_t prev_end = 0;
+  for (const ds::delta::XzStream& s : streams) {
+    FUZZ_CHECK(s.offset >= prev_end && s.offset <= file.size() &&
+               s.length <= file.size() - s.offset && s.length >= limits.min_length);
+    FUZZ_CHECK(s.content.size() <= limits.max_content);
+    prev_end = s.offset + s.length;
+    uint64_t consumed = 0;
+    ds::Result<ds::Bytes> again =
+        ds::delta::XzDecode(file.subspan(s.offset, s.length), limits.max_content, &consumed);
+    FUZZ_CHECK(again.ok() && consumed == s.length && *again == s.content);
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -43,5 +68,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   ds::Bytes zip = {'P', 'K', 3, 4};
   zip.insert(zip.end(), data, data + size);
   Check(zip);
+  CheckXz(input);
+  ds::Bytes ar = {'!', '<', 'a', 'r', 'c', 'h', '>', '\n'};
+  ar.insert(ar.end(), data, data + size);
+  CheckXz(ar);
   return 0;
 }
