@@ -7,8 +7,12 @@
 #     pair (10.202.0.1/30 - 10.202.0.2), GSO off, tc tbf $MBIT both ways (NetLab's parameters);
 #   - loss: an nft prerouting rule `numgen random mod 10000 < N drop` on each end (both directions);
 #   - per loss in $LOSSES: (a) the agent's first install over UDP, (b) the same over HTTP,
-#     (c) curl of the blob from the proxy; wall times, results checked with cmp. Goodput = object
-#     bytes x 8 / seconds. Repair = proxy's ds_proxy_udp_repair_bytes / source_bytes per UDP run.
+#     (c) curl of the blob from the proxy; results checked with cmp. Goodput = object bytes x 8 /
+#     seconds of the transfer: for the two agent carriers from the agent's "plan" event (metadata
+#     fetched and verified, the carrier starts: session request, handshake and startup count) to
+#     the event where all bytes are in (its --json events), for curl its wall time; the agent
+#     runs' whole wall times (process start, metadata over TCP, install) are shown too. Repair =
+#     proxy's ds_proxy_udp_repair_bytes / source_bytes per UDP run.
 #
 #   - TCP congestion control in both namespaces: TCP_CC (default cubic, Debian's default; this
 #     machine's host default may be bbr, which does not back off on random loss);
@@ -120,11 +124,27 @@ run_agent() {  # CARRIER
     >"$work/agent-$1.jsonl" 2>&1
   cmp -s "$work/inst" "$work/app"
 }
+# Seconds from the agent's "plan" event to the first event with every byte in (FILE: --json).
+transfer_secs() {
+  python3 - "$1" <<'PY'
+import json, sys
+plan = done = None
+for line in open(sys.argv[1]):
+    if not line.startswith("{"):
+        continue
+    e = json.loads(line)
+    if e.get("event") == "plan" and plan is None:
+        plan = e["t"]
+    elif plan is not None and done is None and e.get("total") and e.get("done") == e.get("total"):
+        done = e["t"]
+print("%.6f" % (done - plan) if plan is not None and done is not None and done > plan else "0")
+PY
+}
 # Round trip: the TCP handshake time of a request to the proxy.
 rtt=$(in_c curl -fsS -o /dev/null -w '%{time_connect}' "$proxy/metrics" | awk '{ printf "%.1f", $1 * 1000 }')
 echo "link $mbit Mbit/s (tbf both ways), RTT ${rtt} ms (delay stage ${delay_ms} ms each way), TCP $tcp_cc, object $bytes B, proxy $proxy (UDP carrier on)"
-printf '| loss | UDP Mbit/s | HTTP Mbit/s | curl Mbit/s | UDP / HTTP | UDP repair | UDP fell back |\n'
-printf '|---:|---:|---:|---:|---:|---:|---|\n'
+printf '| loss | UDP Mbit/s | HTTP Mbit/s | curl Mbit/s | UDP / HTTP | UDP repair | UDP fell back | agent runs UDP / HTTP Mbit/s |\n'
+printf '|---:|---:|---:|---:|---:|---:|---|---:|\n'
 for loss in $losses; do
   set_loss "$loss"
   src0=$(metric ds_proxy_udp_source_bytes_total); rep0=$(metric ds_proxy_udp_repair_bytes_total)
@@ -146,17 +166,24 @@ for loss in $losses; do
     ok_c=2  # Skipped.
   fi
   t5=$(now)
+  tu=0 th=0
+  ((ok_u == 1)) && tu=$(transfer_secs "$work/agent-udp.jsonl")
+  ((ok_h == 1)) && th=$(transfer_secs "$work/agent-http.jsonl")
   awk -v b="$bytes" -v l="$loss" -v u="$(echo "$t1 - $t0" | bc -l)" -v h="$(echo "$t3 - $t2" | bc -l)" \
+      -v tu="$tu" -v th="$th" \
       -v c="$(echo "$t5 - $t4" | bc -l)" -v s="$((src1 - src0))" -v r="$((rep1 - rep0))" -v f="$fell" \
     -v dat="$work/goodput.dat" -v ou="$ok_u" -v oh="$ok_h" -v oc="$ok_c" \
     'function show(ok, g) {
        if (ok == 2) return "skipped"
        return ok ? sprintf("%.2f", g) : sprintf("failed after %.0f s", b * 8 / g / 1e6) }
      function num(ok, g) { return ok == 1 ? sprintf("%.3f", g) : "NaN" }
-     BEGIN { gu = b * 8 / u / 1e6; gh = b * 8 / h / 1e6; gc = b * 8 / c / 1e6
+     BEGIN { wu = b * 8 / u / 1e6; wh = b * 8 / h / 1e6; gc = b * 8 / c / 1e6
+             # Transfer goodput; the wall time when the events lack what is needed.
+             gu = tu > 0 ? b * 8 / tu / 1e6 : wu; gh = th > 0 ? b * 8 / th / 1e6 : wh
              ratio = (ou == 1 && oh == 1) ? sprintf("%.2fx", gu / gh) : "-"
-             printf "| %s %% | %s | %s | %s | %s | %.1f %% | %s |\n", l, show(ou, gu), show(oh, gh),
-                    show(oc, gc), ratio, (s > 0 ? 100 * r / s : 0), (f > 0 ? "yes" : "no")
+             printf "| %s %% | %s | %s | %s | %s | %.1f %% | %s | %s / %s |\n", l, show(ou, gu),
+                    show(oh, gh), show(oc, gc), ratio, (s > 0 ? 100 * r / s : 0),
+                    (f > 0 ? "yes" : "no"), show(ou, wu), show(oh, wh)
              printf "%s %s %s %s %.2f\n", l, num(ou, gu), num(oh, gh), num(oc, gc),
                     (s > 0 ? 100 * r / s : 0) >> dat }'
 done

@@ -731,6 +731,8 @@ Result<std::unique_ptr<StagedOutput>> Agent::Impl::Rebuild(
   spec.progress_path = dl + "/progress.json";
   spec.artifact = ctx.art->name;
   spec.route = d.kind;
+  // The metadata requests left client_ connected to the proxy: the UDP session request reuses it.
+  spec.session_client = client_.get();
   FetchStats stats;
   Event plan;
   plan.type = "plan";

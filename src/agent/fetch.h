@@ -15,6 +15,10 @@
 #include "common/status.h"
 #include "stream/stream.h"
 
+namespace ds::net {
+class Client;
+}  // namespace ds::net
+
 namespace ds::agent {
 
 // Consumes the object's bytes in order; runs on the fetch's consumer thread.
@@ -39,6 +43,10 @@ struct FetchSpec {
   std::string progress_path;  // Verified leaves, rewritten atomically after each chunk.
   std::string artifact;       // For events.
   std::string route;          // "delta" or "full", for events and the progress file.
+  // Optional: an idle client already connected (keep-alive) to base_urls[0], used for the UDP
+  // carrier's session request so that it needs no new TCP handshake: on a lossy link a lost SYN
+  // costs a 1 s retransmission timeout. Nothing else may use it while FetchObject runs.
+  net::Client* session_client = nullptr;
 };
 
 struct FetchStats {
