@@ -320,6 +320,9 @@ class UdpFd {
 // Receives leaves [first, leaves) of the object over a UDP session with the proxy at |base_url|:
 // each verified leaf is written to the staging file and reported through |on_leaf|. Ends when
 // every leaf arrived, the session failed (UDP blocked, stalled, refused), or |stop| is set.
+// How long the UDP session request may take before a hedged second request goes out.
+constexpr std::chrono::milliseconds kSessionHedge{150};
+
 UdpOutcome ReceiveOverUdp(const AgentConfig& config, const FetchSpec& spec,
                           const std::string& base_url, uint64_t first, int staging_fd,
                           const std::function<void(uint64_t)>& on_leaf,
@@ -334,22 +337,67 @@ UdpOutcome ReceiveOverUdp(const AgentConfig& config, const FetchSpec& spec,
   copts.connect_timeout_ms = config.connect_timeout_ms;
   copts.low_speed_timeout_ms = config.stall_timeout_ms;
   copts.max_body_bytes = 64 << 10;
-  std::optional<net::Client> own_client;
-  net::Client* client = spec.session_client;
-  if (client == nullptr) client = &own_client.emplace(copts);
   const nlohmann::json ask{{"object", spec.object_sha256},
                            {"chunk_map", ToHex(map.root())},
                            {"first", first},
                            {"last", leaves - 1}};
-  const auto open_start = std::chrono::steady_clock::now();
-  const bool reused = spec.session_client != nullptr;
-  Result<net::ClientResponse> r = client->Send("POST", base_url + "/v1/udp/sessions", ask.dump(),
-                                               {{"Content-Type", "application/json"}});
+  // The request is hedged: on a lossy link one lost TCP segment costs a retransmission timeout
+  // (a lost SYN a whole second), so when no answer came within kSessionHedge a second request
+  // goes out on a fresh connection and the first good answer wins (the other session, if any,
+  // is never validated and idles out on the server). Both requests are joined before returning:
+  // the first one may use the caller's client.
+  struct PostState {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<Result<net::ClientResponse>> answer[2];
+    std::chrono::steady_clock::time_point start[2], end[2];
+  };
+  PostState ps;
+  const std::string url = base_url + "/v1/udp/sessions", body = ask.dump();
+  auto post = [&](int i, net::Client* c) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Result<net::ClientResponse> res =
+        c->Send("POST", url, body, {{"Content-Type", "application/json"}});
+    std::lock_guard<std::mutex> lock(ps.mu);
+    ps.start[i] = t0;
+    ps.end[i] = std::chrono::steady_clock::now();
+    ps.answer[i] = std::move(res);
+    ps.cv.notify_all();
+  };
+  std::optional<net::Client> own_client, hedge_client;
+  net::Client* client = spec.session_client;
+  if (client == nullptr) client = &own_client.emplace(copts);
+  std::thread primary, hedge;
+  struct Joiner {
+    std::thread *a, *b;
+    ~Joiner() {
+      if (a->joinable()) a->join();
+      if (b->joinable()) b->join();
+    }
+  } joiner{&primary, &hedge};
+  primary = std::thread(post, 0, client);
+  auto good = [&](int i) {
+    return ps.answer[i] && ps.answer[i]->ok() && (*ps.answer[i])->status == 201;
+  };
+  int winner = 0;
+  {
+    std::unique_lock<std::mutex> lock(ps.mu);
+    if (!ps.cv.wait_for(lock, kSessionHedge, [&] { return ps.answer[0].has_value(); })) {
+      lock.unlock();
+      hedge = std::thread(post, 1, &hedge_client.emplace(copts));
+      lock.lock();
+    }
+    ps.cv.wait(lock, [&] {
+      return good(0) || good(1) || (ps.answer[0] && (!hedge.joinable() || ps.answer[1]));
+    });
+    winner = good(0) || !good(1) ? 0 : 1;
+  }
+  Result<net::ClientResponse> r = std::move(*ps.answer[winner]);
   // The POST took one exchange on a kept-alive connection, else also a TCP handshake (plus TLS,
   // if any): about 1 or 2 round trips.
+  const bool reused = winner == 0 && spec.session_client != nullptr;
   const double open_rtt_us =
-      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - open_start)
-          .count() /
+      std::chrono::duration<double, std::micro>(ps.end[winner] - ps.start[winner]).count() /
       (reused ? 1 : 2);
   if (!r.ok()) {
     out.status = r.status().WithContext("opening a UDP session");

@@ -36,6 +36,9 @@ inline constexpr size_t kMaxDatagramSize = 1232;
 // A HELLO is padded to this size so that the server's 3x anti-amplification budget covers its
 // CHALLENGE (and a retransmission) comfortably.
 inline constexpr size_t kHelloPaddedSize = 1200;
+// HELLO, CHALLENGE and ECHO go out this many times back to back: on a lossy path a lost
+// handshake packet costs a retransmission interval (several round trips), a copy costs bytes.
+inline constexpr int kHandshakeCopies = 2;
 // Bounds on the lists carried by FEEDBACK and BLOCK_ACK.
 inline constexpr size_t kMaxFeedbackBlocks = 64;
 inline constexpr size_t kMaxDelaySamples = 32;

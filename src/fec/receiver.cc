@@ -397,8 +397,11 @@ std::optional<Bytes> UdpReceiver::Poll(Micros now) {
     const size_t unpadded = kHeaderSize + 1 + hello.token.size() + 2 + kTagSize;
     hello.padding = static_cast<uint16_t>(kHelloPaddedSize - unpadded);
     hello_times_[next_pn_] = now;
-    next_hello_ = now + hello_interval_;
-    hello_interval_ *= 2;
+    if (++hello_copy_ >= kHandshakeCopies) {  // The copies go back to back, then a pause.
+      hello_copy_ = 0;
+      next_hello_ = now + hello_interval_;
+      hello_interval_ *= 2;
+    }
     return Seal(PacketType::kHello, SerializeHello(hello));
   }
   // Receiving.
@@ -408,7 +411,10 @@ std::optional<Bytes> UdpReceiver::Poll(Micros now) {
     hello_interval_ *= 2;
   }
   if (echo_pending_) {
-    echo_pending_ = false;
+    if (++echo_copy_ >= kHandshakeCopies) {
+      echo_copy_ = 0;
+      echo_pending_ = false;
+    }
     Echo e{cookie_, std::min<uint64_t>(chunks_.size(), next_chunk_ + config_.window_chunks)};
     return Seal(PacketType::kEcho, SerializeEcho(e));
   }

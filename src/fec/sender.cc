@@ -95,7 +95,7 @@ Status UdpSender::OnDatagram(Micros now, ByteView datagram, const PeerAddress& f
       }
       candidate_rx_ += datagram.size();
       hello_pn_ = h.packet_number;
-      challenge_pending_ = true;
+      challenge_pending_ = kHandshakeCopies;
       if (state_ == State::kAwaitHello) state_ = State::kValidating;
       return Status::Ok();
     }
@@ -110,7 +110,7 @@ Status UdpSender::OnDatagram(Micros now, ByteView datagram, const PeerAddress& f
       if (from == candidate_ && !(have_peer_ && from == peer_)) {
         peer_ = from;
         have_peer_ = true;
-        challenge_pending_ = false;
+        challenge_pending_ = 0;
         window_end_ = std::max(window_end_, p->window_end);
         if (state_ == State::kValidating || state_ == State::kAwaitHello) {
           state_ = State::kSending;
@@ -128,7 +128,7 @@ Status UdpSender::OnDatagram(Micros now, ByteView datagram, const PeerAddress& f
         candidate_ = from;
         candidate_rx_ = datagram.size();
         candidate_tx_ = 0;
-        challenge_pending_ = true;
+        challenge_pending_ = kHandshakeCopies;
       }
       return HandleFeedback(now, *p, h.packet_number);
     }
@@ -326,10 +326,10 @@ std::optional<OutDatagram> UdpSender::Poll(Micros now) {
     return count({Seal(PacketType::kClose, SerializeClose(Close{close_code_})), peer_});
   }
   if (state_ == State::kDone || state_ == State::kFailed) return std::nullopt;
-  if (challenge_pending_) {
+  if (challenge_pending_ > 0) {
     Challenge c{cookie_, hello_pn_};
     Bytes dg = Seal(PacketType::kChallenge, SerializeChallenge(c));
-    challenge_pending_ = false;
+    --challenge_pending_;
     // Anti-amplification: never more than 3x what the address sent before it proved itself.
     if (candidate_tx_ + dg.size() <=
         static_cast<uint64_t>(config_.amplification_factor) * candidate_rx_) {
@@ -404,7 +404,7 @@ Micros UdpSender::NextTimeout(Micros now) const {
   if (state_ == State::kDone) return close_to_send_ > 0 ? now : kNever;
   if (state_ == State::kFailed) return close_to_send_ > 0 && have_peer_ ? now : kNever;
   Micros t = last_rx_ + config_.idle_timeout_us + 1;
-  if (challenge_pending_) return now;
+  if (challenge_pending_ > 0) return now;
   if (state_ == State::kSending && rate_.InflightAllows()) {
     const bool work = !need_queue_.empty() ||
                       (!blocks_.empty() && blocks_.rbegin()->second.burst_left > 0) ||

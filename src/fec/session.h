@@ -163,7 +163,7 @@ class UdpSender {
   bool have_peer_ = false;
   PeerAddress candidate_;  // Being validated.
   uint64_t candidate_rx_ = 0, candidate_tx_ = 0;
-  bool challenge_pending_ = false;
+  int challenge_pending_ = 0;  // CHALLENGE copies still to send.
   uint64_t hello_pn_ = 0;
 
   // Blocks.
@@ -289,6 +289,7 @@ class UdpReceiver {
   Micros hello_interval_ = 0;
   std::map<uint64_t, Micros> hello_times_;  // HELLO pn -> sent at (RTT sample).
   bool echo_pending_ = false;
+  int hello_copy_ = 0, echo_copy_ = 0;  // Copies of the current HELLO / ECHO already sent.
   Cookie cookie_{};
   Micros handshake_rtt_ = 0;
 
