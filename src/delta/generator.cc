@@ -401,6 +401,23 @@ std::vector<AddressRun> BuildAddressMap(const std::vector<std::vector<CopyOp>>& 
   return out;
 }
 
+// Adds |seg| to the per-method counts and copy operations of |st|.
+void CountSegment(const EncodedSegment& seg, GenerateStats* st) {
+  st->copy_ops += seg.copy_ops;
+  switch (seg.header.method) {
+    case Method::kStored:
+      ++st->stored_segments;
+      break;
+    case Method::kCopyDiff:
+      ++st->copydiff_segments;
+      break;
+    case Method::kZstdRef:
+    case Method::kLzmaRef:
+      ++st->ref_segments;
+      break;
+  }
+}
+
 struct Plan {
   std::vector<EncodedSegment> segments;
   uint64_t size() const {
@@ -635,19 +652,7 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
     header.max_segment_output = std::max(header.max_segment_output, len);
     header.max_segment_payload = std::max<uint64_t>(header.max_segment_payload, seg.payload.size());
     header.max_ref_window = std::max(header.max_ref_window, seg.ref_length);
-    st.copy_ops += seg.copy_ops;
-    switch (seg.header.method) {
-      case Method::kStored:
-        ++st.stored_segments;
-        break;
-      case Method::kCopyDiff:
-        ++st.copydiff_segments;
-        break;
-      case Method::kZstdRef:
-      case Method::kLzmaRef:
-        ++st.ref_segments;
-        break;
-    }
+    CountSegment(seg, &st);
   }
   header.segment_count = plan.segments.size();
   st.segments = header.segment_count;
@@ -886,21 +891,7 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
   header.segment_count = pieces.size();
   GenerateStats rs;
   rs.segments = pieces.size();
-  for (const PieceResult& r : results) {
-    rs.copy_ops += r.seg.copy_ops;
-    switch (r.seg.header.method) {
-      case Method::kStored:
-        ++rs.stored_segments;
-        break;
-      case Method::kCopyDiff:
-        ++rs.copydiff_segments;
-        break;
-      case Method::kZstdRef:
-      case Method::kLzmaRef:
-        ++rs.ref_segments;
-        break;
-    }
-  }
+  for (const PieceResult& r : results) CountSegment(r.seg, &rs);
   rs.recompress_segments = recompress_segments;
   rs.recompress_saved_bytes = saved;
   rs.recompress_seconds = SecondsSince(t0);
