@@ -124,12 +124,15 @@ constexpr size_t kSmallStream = 4096;
 // Streams up to this size are also tried with zstd (cheap at that size).
 constexpr size_t kZstdTrialLimit = 1 << 20;
 
+// About the bytes of a segment header, for comparing encodings.
+constexpr uint64_t kSegmentOverhead = 24;
+
 struct EncodedSegment {
   SegmentHeader header;
   Bytes payload;
   uint64_t ref_length = 0;
   uint64_t copy_ops = 0;
-  uint64_t encoded_size() const { return payload.size() + 24; }  // ~ header bytes
+  uint64_t encoded_size() const { return payload.size() + kSegmentOverhead; }
 };
 
 EncodedSegment Stored(ByteView neu, uint64_t begin, uint64_t end) {
@@ -832,15 +835,18 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
     // A changed compressed stream differs in its bytes from the first change on, so its plain
     // encoding costs about as much as the rest of the stream: worth computing (to compare) only
     // when the transform did not already do far better.
-    if (best->encoded_size() * 8 < ns.length) {
-      r.seg = Stored(neu, piece.begin, piece.end);
-      r.plain_size = r.seg.encoded_size();
+    // Otherwise the stored size stands for it (the stream is copied only if it is kept).
+    const bool plain_estimated = best->encoded_size() * 8 < ns.length;
+    if (plain_estimated) {
+      r.plain_size = ns.length + kSegmentOverhead;
     } else {
       r.status = encode_plain();
       if (!r.status.ok()) return;
     }
     // The transform's fields cost a few bytes more than a plain segment header.
-    if (best->encoded_size() + 16 < r.seg.encoded_size()) {
+    if (best->encoded_size() + 16 >= r.plain_size) {
+      if (plain_estimated) r.seg = Stored(neu, piece.begin, piece.end);
+    } else {
       SegmentHeader& h = best->header;
       h.transform = ns.kind;
       h.old_offset = os.offset;

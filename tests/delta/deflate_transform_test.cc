@@ -307,18 +307,18 @@ TEST(DeflateTransform, NotDeflateOrUnrelatedIsPlain) {
   EXPECT_TRUE(FindDeflateStreams(zip).empty());
 }
 
-// A deflate patch taken apart, for the hostile cases below.
-class DeflateHostileTest : public ::testing::Test {
+// A recompression patch taken apart, for the hostile cases below: |seg_| is its segment with
+// transform |kind|.
+class RecompressHostileTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const Package p = MakePackage();
-    old_ = Gzip(p.old_tar, 6);
-    neu_ = Gzip(p.new_tar, 6);
+  void Build(Bytes old, Bytes neu, Transform kind) {
+    old_ = std::move(old);
+    neu_ = std::move(neu);
     Result<Bytes> patch = GeneratePatch(old_, neu_);
     ASSERT_TRUE(patch.ok());
     raw_ = SplitPatch(*patch);
     for (size_t i = 0; i < raw_.segments.size(); ++i) {
-      if (raw_.segments[i].header.transform == Transform::kDeflate) seg_ = i;
+      if (raw_.segments[i].header.transform == kind) seg_ = i;
     }
     ASSERT_NE(seg_, SIZE_MAX);
   }
@@ -330,6 +330,14 @@ class DeflateHostileTest : public ::testing::Test {
   Bytes old_, neu_;
   RawPatch raw_;
   size_t seg_ = SIZE_MAX;
+};
+
+class DeflateHostileTest : public RecompressHostileTest {
+ protected:
+  void SetUp() override {
+    const Package p = MakePackage();
+    Build(Gzip(p.old_tar, 6), Gzip(p.new_tar, 6), Transform::kDeflate);
+  }
 };
 
 TEST_F(DeflateHostileTest, IntactPatchApplies) { EXPECT_EQ(Apply(raw_), ErrorCode::kOk); }
@@ -617,28 +625,12 @@ TEST(XzTransform, EncoderRebuildsWithSmallBuffers) {
   EXPECT_LT(XzEncoderMemory(*p, content.size()), XzEncoderMemory(big, 24u << 20));
 }
 
-class XzHostileTest : public ::testing::Test {
+class XzHostileTest : public RecompressHostileTest {
  protected:
   void SetUp() override {
     const Package p = MakePackage();
-    old_ = Xz(p.old_tar, 6);
-    neu_ = Xz(p.new_tar, 6);
-    Result<Bytes> patch = GeneratePatch(old_, neu_);
-    ASSERT_TRUE(patch.ok());
-    raw_ = SplitPatch(*patch);
-    for (size_t i = 0; i < raw_.segments.size(); ++i) {
-      if (raw_.segments[i].header.transform == Transform::kXz) seg_ = i;
-    }
-    ASSERT_NE(seg_, SIZE_MAX);
+    Build(Xz(p.old_tar, 6), Xz(p.new_tar, 6), Transform::kXz);
   }
-  ErrorCode Apply(const RawPatch& p, const ApplyLimits& limits = {}) {
-    return CodeOf(ApplyPatch(old_, JoinPatch(p), limits));
-  }
-  SegmentHeader& seg(RawPatch& p) { return p.segments[seg_].header; }
-
-  Bytes old_, neu_;
-  RawPatch raw_;
-  size_t seg_ = SIZE_MAX;
 };
 
 TEST_F(XzHostileTest, IntactPatchApplies) { EXPECT_EQ(Apply(raw_), ErrorCode::kOk); }
