@@ -231,9 +231,11 @@ Status RunInspect(const InspectArgs& args) {
     if (s.header.method == delta::Method::kCopyDiff) {
       const char* names[3] = {"ctrl", "diff", "lit"};
       for (int k = 0; k < 3; ++k) {
-        detail += std::string(k ? ", " : "") + names[k] + " " + std::to_string(s.stream_raw[k]) +
-                  "->" + std::to_string(s.stream_encoded[k]) + " " +
-                  delta::StreamCodecName(s.stream_codec[k]);
+        detail +=
+            std::string(k ? ", " : "") + names[k] + " " + std::to_string(s.stream_raw[k]) + "->" +
+            (s.stream_zero_run[k] ? "zero-run " + std::to_string(s.stream_form[k]) + "->"
+                                  : std::string()) +
+            std::to_string(s.stream_encoded[k]) + " " + delta::StreamCodecName(s.stream_codec[k]);
       }
     } else if (s.header.method == delta::Method::kZstdRef ||
                s.header.method == delta::Method::kLzmaRef) {

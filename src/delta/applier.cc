@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <thread>
+#include <unordered_map>
 
 #include "common/byte_reader.h"
 #include "common/fs.h"
@@ -56,38 +58,62 @@ Status FileOldSource::ReadAt(uint64_t offset, std::span<uint8_t> out) const {
 namespace {
 
 constexpr size_t kOldWindowSize = 64 << 10;
+constexpr size_t kJumpWindowSize = 4 << 10;
 constexpr size_t kDirectReadSize = 4 << 10;
 constexpr size_t kHashChunkSize = 1 << 20;
 
-// Serves mostly-sequential reads of the old file through one window buffer.
+// dst[i] += d[i]: the buffers never overlap (the output and a decoded stream), which lets the
+// compiler vectorise the loop without run-time alias checks.
+void AddBytes(uint8_t* __restrict dst, const uint8_t* __restrict d, size_t n) {
+#pragma GCC ivdep
+  for (size_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(dst[i] + d[i]);
+}
+
+// Serves the copies' reads of the old file. Copies mostly walk through the old file, broken by
+// short copies from elsewhere (an instruction or string that moved): the walk is served from a
+// 64 KiB window, a jump from a small window of its own, so that neither evicts the other and a
+// jump costs a few KiB of reading rather than 64. Sources in memory are read directly.
 class OldWindowReader {
  public:
   explicit OldWindowReader(const OldSource* src) : src_(src) {}
 
   // REQUIRES: pos + out.size() <= src->size() (checked by the caller).
   Status Read(uint64_t pos, std::span<uint8_t> out) {
+    if (src_->cheap_reads()) return src_->ReadAt(pos, out);
     while (!out.empty()) {
-      if (pos >= win_start_ && pos < win_start_ + win_.size()) {
-        const size_t off = pos - win_start_;
-        const size_t n = std::min(out.size(), win_.size() - off);
-        std::memcpy(out.data(), win_.data() + off, n);
-        out = out.subspan(n);
-        pos += n;
-        continue;
-      }
+      if (Serve(walk_, pos, out) || Serve(jump_, pos, out)) continue;
       if (out.size() >= kDirectReadSize) return src_->ReadAt(pos, out);
-      const uint64_t n = std::min<uint64_t>(kOldWindowSize, src_->size() - pos);
-      win_.resize(n);
-      win_start_ = pos;
-      DS_RETURN_IF_ERROR(src_->ReadAt(pos, win_));
+      // Ahead of the walk (or before any): the walk moves on; elsewhere it is a jump.
+      const bool walk =
+          walk_.data.empty() || (pos >= walk_.start && pos - walk_.start < 2 * kOldWindowSize);
+      Window& w = walk ? walk_ : jump_;
+      const uint64_t n =
+          std::min<uint64_t>(walk ? kOldWindowSize : kJumpWindowSize, src_->size() - pos);
+      w.data.resize(n);
+      w.start = pos;
+      DS_RETURN_IF_ERROR(src_->ReadAt(pos, w.data));
     }
     return Status::Ok();
   }
 
  private:
+  struct Window {
+    uint64_t start = 0;
+    Bytes data;
+  };
+  // Copies what |w| holds of [pos, +out) and advances both; false when it holds nothing of it.
+  static bool Serve(const Window& w, uint64_t& pos, std::span<uint8_t>& out) {
+    if (pos < w.start || pos - w.start >= w.data.size()) return false;
+    const size_t off = pos - w.start;
+    const size_t n = std::min(out.size(), w.data.size() - off);
+    std::memcpy(out.data(), w.data.data() + off, n);
+    out = out.subspan(n);
+    pos += n;
+    return true;
+  }
+
   const OldSource* src_;
-  Bytes win_;
-  uint64_t win_start_ = 0;
+  Window walk_, jump_;
 };
 
 Status DecodeZstd(ZSTD_DCtx* dctx, ByteView frame, ByteView prefix, std::span<uint8_t> out) {
@@ -167,16 +193,27 @@ class PatchApplier::Impl {
  public:
   Impl(const OldSource* old, OutputSink* out, ApplyLimits limits)
       : old_(old), out_(out), limits_(limits), old_reader_(old) {}
-  ~Impl() { ZSTD_freeDCtx(dctx_); }
+  ~Impl() {
+    if (old_hash_thread_.joinable()) old_hash_thread_.join();
+    AwaitNewHash();
+    ZSTD_freeDCtx(dctx_);
+    ZSTD_freeDCtx(diff_dctx_);
+  }
 
   Status Write(ByteView data) {
     if (!failure_.ok()) return failure_;
     Status s = Consume(data);
-    if (!s.ok()) failure_ = s;
-    return s;
+    if (!s.ok()) {
+      // A wrong base explains everything after it: it wins over a segment's error.
+      Status base = AwaitOldHash();
+      failure_ = base.ok() ? s : base;
+    }
+    return failure_;
   }
 
   Status Finish() {
+    if (!failure_.ok()) return failure_;
+    failure_ = AwaitOldHash();
     if (!failure_.ok()) return failure_;
     if (state_ != State::kDone) {
       failure_ = Error(ErrorCode::kPatchTruncated,
@@ -186,6 +223,7 @@ class PatchApplier::Impl {
                                  " of " + std::to_string(header_.segment_count));
       return failure_;
     }
+    AwaitNewHash();
     if (output_bytes_ != header_.new_size || (!resumed_ && sha_.Finish() != header_.new_sha256)) {
       failure_ = Error(ErrorCode::kPatchResultMismatch, "rebuilt file does not match its SHA-256");
       return failure_;
@@ -296,19 +334,55 @@ class PatchApplier::Impl {
       return Error(ErrorCode::kResourceLimit, "patch needs more memory per segment than allowed");
     }
     if (limits_.verify_old_hash) {
-      Sha256 h;
-      Bytes buf(std::min<uint64_t>(kHashChunkSize, old_->size()));
-      for (uint64_t pos = 0; pos < old_->size(); pos += buf.size()) {
-        const size_t n = std::min<uint64_t>(buf.size(), old_->size() - pos);
-        DS_RETURN_IF_ERROR(old_->ReadAt(pos, std::span<uint8_t>(buf.data(), n)));
-        h.Update(ByteView(buf.data(), n));
-      }
-      if (h.Finish() != header_.old_sha256) {
-        return Error(ErrorCode::kPatchWrongBase,
-                     "old file's SHA-256 differs from the patch's base");
+      old_hash_pending_ = true;
+      if (old_->concurrent_reads() && old_->size() >= kBackgroundHashMin) {
+        // Hashed beside the first segment's work; nothing reaches the sink before it is checked.
+        old_hash_thread_ = std::thread([this] { old_hash_status_ = HashOld(&old_digest_); });
+      } else {
+        old_hash_status_ = HashOld(&old_digest_);
+        DS_RETURN_IF_ERROR(AwaitOldHash());
       }
     }
     state_ = header_.segment_count == 0 ? State::kDone : State::kSegmentHeader;
+    return Status::Ok();
+  }
+
+  Status HashOld(Sha256Digest* digest) const {
+    Sha256 h;
+    Bytes buf(std::min<uint64_t>(kHashChunkSize, old_->size()));
+    for (uint64_t pos = 0; pos < old_->size(); pos += buf.size()) {
+      const size_t n = std::min<uint64_t>(buf.size(), old_->size() - pos);
+      DS_RETURN_IF_ERROR(old_->ReadAt(pos, std::span<uint8_t>(buf.data(), n)));
+      h.Update(ByteView(buf.data(), n));
+    }
+    *digest = h.Finish();
+    return Status::Ok();
+  }
+
+  // Adds output_ to the new file's SHA-256: large segments on a second thread while the next one
+  // is rebuilt (output_ is handed over; sha_ is only touched by one thread at a time).
+  void HashNew() {
+    AwaitNewHash();
+    if (output_.size() < kBackgroundHashMin) {
+      sha_.Update(output_);
+      return;
+    }
+    std::swap(output_, hashing_);
+    new_hash_thread_ = std::thread([this] { sha_.Update(hashing_); });
+  }
+  void AwaitNewHash() {
+    if (new_hash_thread_.joinable()) new_hash_thread_.join();
+  }
+
+  // The old file's hash check, once: waits for the background hash if there is one.
+  Status AwaitOldHash() {
+    if (!old_hash_pending_) return Status::Ok();
+    if (old_hash_thread_.joinable()) old_hash_thread_.join();
+    old_hash_pending_ = false;
+    DS_RETURN_IF_ERROR(old_hash_status_);
+    if (old_digest_ != header_.old_sha256) {
+      return Error(ErrorCode::kPatchWrongBase, "old file's SHA-256 differs from the patch's base");
+    }
     return Status::Ok();
   }
 
@@ -400,8 +474,9 @@ class PatchApplier::Impl {
     if (Crc32c(output_) != seg_.output_crc32c) {
       return Error(ErrorCode::kPatchOutputMismatch, where + " rebuilt bytes fail their checksum");
     }
-    sha_.Update(output_);
+    DS_RETURN_IF_ERROR(AwaitOldHash());
     DS_RETURN_IF_ERROR(out_->Write(output_));
+    HashNew();
     output_bytes_ += seg_.new_length;
     ++segments_done_;
     state_ = segments_done_ == header_.segment_count ? State::kDone : State::kSegmentHeader;
@@ -413,19 +488,27 @@ class PatchApplier::Impl {
     return dctx_;
   }
 
-  // Returns a view of stream |i| decoded (into |storage| when compressed).
-  Status DecodeStream(const CopyDiffLayout& layout, int i, Bytes* storage, ByteView* out) {
-    if (layout.codec[i] == StreamCodec::kStored) {
-      *out = layout.encoded[i];
-      return Status::Ok();
+  // Returns a view of stream |i| decoded (into |storage| when compressed, through |form| when in
+  // zero-run form), zstd frames with |zctx|.
+  static Status DecodeStream(const CopyDiffLayout& layout, int i, ZSTD_DCtx* zctx, Bytes* form,
+                             Bytes* storage, ByteView* out) {
+    ByteView decoded = layout.encoded[i];
+    Bytes* target = layout.zero_run[i] ? form : storage;
+    if (layout.codec[i] != StreamCodec::kStored) {
+      target->resize(layout.zero_run[i] ? layout.form_len[i] : layout.raw_len[i]);
+      if (layout.codec[i] == StreamCodec::kZstd) {
+        DS_RETURN_IF_ERROR(DecodeZstd(zctx, layout.encoded[i], {}, *target));
+      } else {
+        DS_RETURN_IF_ERROR(DecodeLzma2(layout.encoded[i], *target));
+      }
+      decoded = *target;
     }
-    storage->resize(layout.raw_len[i]);
-    if (layout.codec[i] == StreamCodec::kZstd) {
-      DS_RETURN_IF_ERROR(DecodeZstd(dctx(), layout.encoded[i], {}, *storage));
-    } else {
-      DS_RETURN_IF_ERROR(DecodeLzma2(layout.encoded[i], *storage));
+    if (layout.zero_run[i]) {
+      storage->resize(layout.raw_len[i]);
+      DS_RETURN_IF_ERROR(ZeroRunDecode(decoded, *storage));
+      decoded = *storage;
     }
-    *out = *storage;
+    *out = decoded;
     return Status::Ok();
   }
 
@@ -439,9 +522,35 @@ class PatchApplier::Impl {
       return Error(ErrorCode::kPatchMalformed, "copydiff streams larger than their segment");
     }
     ByteView ctrl, diff, lit;
-    DS_RETURN_IF_ERROR(DecodeStream(layout, kControlStream, &ctrl_buf_, &ctrl));
-    DS_RETURN_IF_ERROR(DecodeStream(layout, kDiffStream, &diff_buf_, &diff));
-    DS_RETURN_IF_ERROR(DecodeStream(layout, kLiteralStream, &lit_buf_, &lit));
+    // The diff stream decodes on a second thread while this one decodes the other two, when both
+    // sides have enough to do (LZMA2 decodes at ~50-100 MB/s: it is most of an apply's time).
+    const bool coded_diff = layout.codec[kDiffStream] != StreamCodec::kStored;
+    const size_t others =
+        layout.encoded[kControlStream].size() + layout.encoded[kLiteralStream].size();
+    if (coded_diff && layout.encoded[kDiffStream].size() >= kParallelDecodeMin &&
+        others >= kParallelDecodeMin) {
+      if (diff_dctx_ == nullptr) diff_dctx_ = ZSTD_createDCtx();
+      Status diff_status;
+      std::thread t([&] {
+        diff_status = DecodeStream(layout, kDiffStream, diff_dctx_, &form_buf_[kDiffStream],
+                                   &diff_buf_, &diff);
+      });
+      Status s = DecodeStream(layout, kControlStream, dctx(), &form_buf_[kControlStream],
+                              &ctrl_buf_, &ctrl);
+      if (s.ok()) {
+        s = DecodeStream(layout, kLiteralStream, dctx(), &form_buf_[kLiteralStream], &lit_buf_,
+                         &lit);
+      }
+      t.join();
+      DS_RETURN_IF_ERROR(s);
+      DS_RETURN_IF_ERROR(diff_status);
+    } else {
+      Bytes* bufs[3] = {&ctrl_buf_, &diff_buf_, &lit_buf_};
+      ByteView* views[3] = {&ctrl, &diff, &lit};
+      for (int i = 0; i < 3; ++i) {
+        DS_RETURN_IF_ERROR(DecodeStream(layout, i, dctx(), &form_buf_[i], bufs[i], views[i]));
+      }
+    }
 
     ByteReader cr(ctrl);
     uint64_t out_pos = 0, diff_pos = 0, lit_pos = 0;
@@ -479,8 +588,7 @@ class PatchApplier::Impl {
         }
         uint8_t* dst = output_.data() + out_pos;
         DS_RETURN_IF_ERROR(ReadOld(old_pos, std::span<uint8_t>(dst, copy_len)));
-        const uint8_t* d = diff.data() + diff_pos;
-        for (uint64_t i = 0; i < copy_len; ++i) dst[i] = static_cast<uint8_t>(dst[i] + d[i]);
+        AddBytes(dst, diff.data() + diff_pos, copy_len);
         out_pos += copy_len;
         diff_pos += copy_len;
         before_last = last;
@@ -597,6 +705,25 @@ class PatchApplier::Impl {
     return Status::Ok();
   }
 
+  // The sync points of the old filter block [start, end) (ScanSyncPoints), kept for later jumps
+  // into it (at most kMaxSyncBlocks blocks' worth, 256 bytes each).
+  Status SyncPoints(uint64_t start, uint64_t end, const std::vector<uint32_t>** out) {
+    auto it = sync_.find(start);
+    if (it == sync_.end() || it->second.transform != seg_.transform) {
+      if (sync_.size() >= kMaxSyncBlocks) sync_.clear();
+      jump_buf_.resize(end - start);
+      DS_RETURN_IF_ERROR(old_->ReadAt(start, jump_buf_));
+      it = sync_
+               .insert_or_assign(
+                   start,
+                   BlockSync{seg_.transform,
+                             ScanSyncPoints(seg_.transform, header_.old_regions, start, jump_buf_)})
+               .first;
+    }
+    *out = &it->second.points;
+    return Status::Ok();
+  }
+
   // Reads the old file as the current segment's transform sees it. REQUIRES: in range.
   Status ReadOld(uint64_t pos, std::span<uint8_t> out) {
     if (seg_.transform == Transform::kNone) return old_reader_.Read(pos, out);
@@ -605,12 +732,38 @@ class PatchApplier::Impl {
       return Status::Ok();
     }
     // Transformed: whole filter blocks, filtered, kept in a small direct-mapped cache (copies
-    // alternate between a few old areas; refiltering a block on every switch is slow).
+    // alternate between a few old areas; refiltering a block on every switch is slow). A short
+    // copy from elsewhere (a jump: not the block the copies walk through, nor the next one, nor
+    // the last jump's) filters only what it needs, uncached: the scan from the block's start to
+    // it only finds instruction boundaries (fast), and only its own branches are translated.
     while (!out.empty()) {
       const uint64_t block = pos / kFilterBlockSize;
       const uint64_t start = block * kFilterBlockSize;
       FilteredBlock& slot = fblocks_[block % kFilteredBlockSlots];
-      if (slot.start != start || slot.transform != seg_.transform) {
+      const bool cached = slot.start == start && slot.transform == seg_.transform;
+      const bool walk = block == walk_block_ || block == walk_block_ + 1 || block == jump_block_;
+      if (!cached && !walk && out.size() < kFilterBlockSize / 4) {
+        jump_block_ = block;
+        const uint64_t block_end = std::min<uint64_t>(start + kFilterBlockSize, old_->size());
+        const uint64_t need_end = pos + out.size();  // Inside the block: out is short.
+        if (need_end <= block_end) {
+          // The scan starts at the block's last sync point at least kSyncSlack bytes before.
+          uint64_t from = start;
+          if (pos >= start + kSyncSlack) {
+            const std::vector<uint32_t>* sync;
+            DS_RETURN_IF_ERROR(SyncPoints(start, block_end, &sync));
+            from = start + (*sync)[(pos - kSyncSlack - start) / kSyncStep];
+          }
+          jump_buf_.resize(std::min(block_end, need_end + kFilterLookahead) - from);
+          DS_RETURN_IF_ERROR(old_->ReadAt(from, jump_buf_));
+          ApplyBranchFilter(seg_.transform, header_.old_regions, from, jump_buf_, true,
+                            &target_map_, pos);
+          std::memcpy(out.data(), jump_buf_.data() + (pos - from), out.size());
+          return Status::Ok();
+        }
+      }
+      if (walk) walk_block_ = block;
+      if (!cached) {
         slot.start = UINT64_MAX;
         slot.data.resize(std::min<uint64_t>(kFilterBlockSize, old_->size() - start));
         DS_RETURN_IF_ERROR(old_->ReadAt(start, slot.data));
@@ -640,6 +793,9 @@ class PatchApplier::Impl {
   SegmentHeader seg_;
   uint32_t seg_crc_ = 0, seg_stored_crc_ = 0;
   Bytes head_, payload_, output_, ctrl_buf_, diff_buf_, lit_buf_, ref_buf_;
+  Bytes form_buf_[3];               // Zero-run forms of the three copydiff streams.
+  ZSTD_DCtx* diff_dctx_ = nullptr;  // The diff stream's, when decoded on a second thread.
+  static constexpr size_t kParallelDecodeMin = 16 << 10;
   // Filtered blocks of the old file (transformed segments): 64 x 64 KiB at most.
   static constexpr size_t kFilteredBlockSlots = 64;
   struct FilteredBlock {
@@ -648,7 +804,16 @@ class PatchApplier::Impl {
     Bytes data;
   };
   std::vector<FilteredBlock> fblocks_ = std::vector<FilteredBlock>(kFilteredBlockSlots);
-  TargetMap target_map_;  // From the header's transform tables.
+  // The filter block the copies walk through, and the last short jump's (see ReadOld).
+  uint64_t walk_block_ = UINT64_MAX - 1, jump_block_ = UINT64_MAX;
+  Bytes jump_buf_;
+  struct BlockSync {
+    Transform transform;
+    std::vector<uint32_t> points;
+  };
+  static constexpr size_t kMaxSyncBlocks = 4096;  // 256 B each: 1 MiB.
+  std::unordered_map<uint64_t, BlockSync> sync_;  // By block start.
+  TargetMap target_map_;                          // From the header's transform tables.
   // Recompression segments: the decoded form of the old stream last named, and the method's
   // output length.
   Bytes old_decoded_;
@@ -663,6 +828,14 @@ class PatchApplier::Impl {
   bool resumed_ = false;  // Started from a checkpoint: the output hash is the caller's.
   std::function<Status(const ApplyCheckpoint&)> checkpoint_;
   Sha256 sha_;
+  Bytes hashing_;  // A segment's output being hashed on new_hash_thread_.
+  std::thread new_hash_thread_;
+  // The old file's hash check (ApplyLimits::verify_old_hash), possibly on a second thread.
+  static constexpr uint64_t kBackgroundHashMin = 1 << 20;
+  bool old_hash_pending_ = false;
+  std::thread old_hash_thread_;
+  Status old_hash_status_;
+  Sha256Digest old_digest_{};
 };
 
 PatchApplier::PatchApplier(const OldSource* old, OutputSink* out, ApplyLimits limits)

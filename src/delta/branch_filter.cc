@@ -25,7 +25,7 @@ constexpr uint8_t kNoModrm = 0xFF;
 struct OpcodeTable {
   uint8_t one[256];
   uint8_t two[256];  // After 0F.
-  constexpr OpcodeTable() : one(), two() {
+  constexpr OpcodeTable() : one(), two(), start() {
     for (int i = 0; i < 256; ++i) one[i] = two[i] = kNoModrm;
     for (int op :
          {0x01, 0x03, 0x09, 0x0B, 0x11, 0x13, 0x19, 0x1B, 0x21, 0x23, 0x29, 0x2B, 0x31, 0x33, 0x39,
@@ -42,7 +42,13 @@ struct OpcodeTable {
     }
     for (int op = 0x40; op <= 0x4F; ++op) two[op] = 0;  // cmovcc
     for (int op : {0x70, 0xC2, 0xC6, 0x3A}) two[op] = 1;
+    // Bytes that can begin an instruction the filter converts: E8/E9, 0F, a prefix, a REX byte,
+    // or an opcode with a ModRM form of interest. Every other byte is skipped at once.
+    for (int b = 0; b < 256; ++b) start[b] = one[b] != kNoModrm;
+    for (int b : {0xE8, 0xE9, 0x0F, 0x66, 0xF2, 0xF3}) start[b] = true;
+    for (int b = 0x40; b <= 0x4F; ++b) start[b] = true;
   }
+  bool start[256];
 };
 constexpr OpcodeTable kOps;
 
@@ -52,10 +58,31 @@ constexpr OpcodeTable kOps;
 // the absolute target. The bytes that decide (prefixes, opcode, ModRM) are never changed, so
 // the inverse makes the same decisions, and the scan resumes after each converted instruction.
 // |vaddr| is the address of p[0].
-void FilterX86(uint8_t* p, size_t n, uint64_t vaddr, bool encode, const TargetMap* map) {
+// Records where the scan looks for instructions (ScanSyncPoints): marks every kSyncStep bytes of
+// the piece, each set to the first scan position at or after it.
+struct SyncRecorder {
+  size_t next_mark;  // Piece-relative offset of the next mark to set.
+  uint32_t* entry;   // Its table entry.
+  uint32_t* end;     // Past the last entry of this piece's marks.
+  uint32_t base;     // Block-relative offset of the piece's start.
+};
+
+template <bool kRecord>
+void FilterX86Impl(uint8_t* p, size_t n, uint64_t vaddr, bool encode, const TargetMap* map,
+                   size_t from, SyncRecorder* rec) {
   size_t i = 0;
   while (i < n) {
+    if constexpr (kRecord) {
+      while (rec->entry != rec->end && i >= rec->next_mark) {
+        *rec->entry++ = rec->base + static_cast<uint32_t>(i);
+        rec->next_mark += kSyncStep;
+      }
+    }
     const uint8_t b = p[i];
+    if (!kOps.start[b]) {
+      ++i;
+      continue;
+    }
     size_t field = 0, len = 0;
     if ((b == 0xE8 || b == 0xE9) && n - i >= 5) {
       field = i + 1;
@@ -86,6 +113,10 @@ void FilterX86(uint8_t* p, size_t n, uint64_t vaddr, bool encode, const TargetMa
         continue;
       }
     }
+    if (kRecord || i + len <= from) {  // Before the bytes the caller needs: boundaries only.
+      i += len;
+      continue;
+    }
     const uint64_t next = vaddr + i + len;
     const uint32_t v = Load32(p + field);
     if (map != nullptr) {
@@ -100,9 +131,16 @@ void FilterX86(uint8_t* p, size_t n, uint64_t vaddr, bool encode, const TargetMa
   }
 }
 
+void FilterX86(uint8_t* p, size_t n, uint64_t vaddr, bool encode, const TargetMap* map,
+               size_t from) {
+  FilterX86Impl<false>(p, n, vaddr, encode, map, from, nullptr);
+}
+
 // AArch64: B and BL (imm26, in words). Instructions are 4-aligned in the address space.
-void FilterArm64(uint8_t* p, size_t n, uint64_t vaddr, bool encode, const TargetMap* map) {
+void FilterArm64(uint8_t* p, size_t n, uint64_t vaddr, bool encode, const TargetMap* map,
+                 size_t from) {
   size_t i = static_cast<size_t>((4 - (vaddr & 3)) & 3);
+  while (i + 4 <= from) i += 4;  // Words wholly before the bytes the caller needs.
   for (; i + 4 <= n; i += 4) {
     const uint32_t w = Load32(p + i);
     if ((w & 0x7C000000u) != 0x14000000u) continue;
@@ -124,7 +162,8 @@ void FilterArm64(uint8_t* p, size_t n, uint64_t vaddr, bool encode, const Target
 }  // namespace
 
 void ApplyBranchFilter(Transform t, const std::vector<CodeRegion>& regions, uint64_t file_pos,
-                       std::span<uint8_t> data, bool encode, const TargetMap* map) {
+                       std::span<uint8_t> data, bool encode, const TargetMap* map,
+                       uint64_t convert_from) {
   if (t == Transform::kNone || data.empty()) return;
   if (!encode || (map != nullptr && map->empty())) map = nullptr;
   const uint64_t end = file_pos + data.size();
@@ -139,14 +178,44 @@ void ApplyBranchFilter(Transform t, const std::vector<CodeRegion>& regions, uint
       uint8_t* p = data.data() + (a - file_pos);
       const size_t n = static_cast<size_t>(piece_end - a);
       const uint64_t vaddr = r.vaddr + (a - r.offset);
-      if (t == Transform::kX86Branch) {
-        FilterX86(p, n, vaddr, encode, map);
+      const size_t from =
+          convert_from > a ? static_cast<size_t>(std::min<uint64_t>(convert_from - a, n)) : 0;
+      if (piece_end <= convert_from) {
+        // Wholly before the needed bytes, and the scan restarts at the next piece: skip.
+      } else if (t == Transform::kX86Branch) {
+        FilterX86(p, n, vaddr, encode, map, from);
       } else if (t == Transform::kArm64Branch) {
-        FilterArm64(p, n, vaddr, encode, map);
+        FilterArm64(p, n, vaddr, encode, map, from);
       }
       a = piece_end;
     }
   }
+}
+
+std::vector<uint32_t> ScanSyncPoints(Transform t, const std::vector<CodeRegion>& regions,
+                                     uint64_t block_start, ByteView block) {
+  const size_t marks = static_cast<size_t>((block.size() + kSyncStep - 1) / kSyncStep);
+  std::vector<uint32_t> sync(marks);
+  for (size_t k = 0; k < marks; ++k) sync[k] = static_cast<uint32_t>(k * kSyncStep);
+  if (t != Transform::kX86Branch) return sync;  // AArch64 words need no scan.
+  const uint64_t end = block_start + block.size();
+  for (const CodeRegion& r : regions) {
+    if (!r.code) continue;
+    const uint64_t a = std::max(block_start, r.offset);
+    const uint64_t b = std::min(end, r.offset + r.length);
+    if (a >= b) continue;
+    const uint32_t base = static_cast<uint32_t>(a - block_start);
+    // The marks inside [a, b): from the first at or after a to the last before b.
+    const size_t first = (base + kSyncStep - 1) / kSyncStep;
+    const size_t last = static_cast<size_t>((b - block_start + kSyncStep - 1) / kSyncStep);
+    if (first >= last) continue;
+    SyncRecorder rec{first * kSyncStep - base, sync.data() + first, sync.data() + last, base};
+    // The scan reads only; the bytes are not changed (kRecord converts nothing).
+    FilterX86Impl<true>(const_cast<uint8_t*>(block.data()) + base, static_cast<size_t>(b - a),
+                        r.vaddr + (a - r.offset), true, nullptr, 0, &rec);
+    while (rec.entry != rec.end) *rec.entry++ = static_cast<uint32_t>(b - block_start);
+  }
+  return sync;
 }
 
 TargetMap::TargetMap(std::vector<CodeRegion> old_regions, std::vector<CodeRegion> new_regions,

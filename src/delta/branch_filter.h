@@ -56,8 +56,26 @@ class TargetMap {
 // absolute target is also translated to where it is in the new file: the filtered old file then
 // matches the filtered new file wherever code and its targets moved as the map says. (That
 // direction needs no inverse: the applier only ever filters the old file forwards.)
+// |convert_from| (a file offset): instructions that end at or before it are found but left as
+// they are, for a caller that needs only the bytes from there on (the scan must still start at
+// the filter block's start to find the same instruction boundaries). Bytes near the end of
+// |data| are filtered as if the file ended there: a caller filtering part of a block keeps
+// kFilterLookahead bytes beyond what it uses.
+inline constexpr uint64_t kFilterLookahead = 16;
 void ApplyBranchFilter(Transform t, const std::vector<CodeRegion>& regions, uint64_t file_pos,
-                       std::span<uint8_t> data, bool encode, const TargetMap* map = nullptr);
+                       std::span<uint8_t> data, bool encode, const TargetMap* map = nullptr,
+                       uint64_t convert_from = 0);
+
+// Where a filter may start inside the filter block at |block_start| (holding |block|, the file's
+// bytes) and find the same instructions as a scan from the block's start: entry k is, for the
+// offset k * kSyncStep of the block, the first position at or after it where the scan of its
+// code piece looks for an instruction (the piece's end when none), or the offset itself outside
+// code. Block-relative. Filtering old[s, ...) from such an s, with convert_from at least
+// kSyncSlack bytes after it, gives the bytes from convert_from on exactly as the whole block.
+inline constexpr uint64_t kSyncStep = 1024;
+inline constexpr uint64_t kSyncSlack = 32;  // > the longest converted instruction (13 bytes).
+std::vector<uint32_t> ScanSyncPoints(Transform t, const std::vector<CodeRegion>& regions,
+                                     uint64_t block_start, ByteView block);
 
 // Sorted by offset, non-empty, non-overlapping, inside a file of |file_size| bytes, at most
 // kMaxCodeRegions. kPatchMalformed otherwise.

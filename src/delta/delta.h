@@ -36,6 +36,12 @@ class OldSource {
   virtual uint64_t size() const = 0;
   // Fills |out| from |offset|. REQUIRES: offset + out.size() <= size().
   virtual Status ReadAt(uint64_t offset, std::span<uint8_t> out) const = 0;
+  // True when ReadAt may be called from two threads at once; the applier then checks the old
+  // file's SHA-256 on a second thread while the first segment is being rebuilt.
+  virtual bool concurrent_reads() const { return false; }
+  // True when a read costs no more than copying the bytes (the source is in memory): the applier
+  // then reads exactly what it needs instead of buffering windows.
+  virtual bool cheap_reads() const { return false; }
 };
 
 // An OldSource over bytes in memory; |data| must outlive it.
@@ -44,6 +50,8 @@ class MemoryOldSource : public OldSource {
   explicit MemoryOldSource(ByteView data) : data_(data) {}
   uint64_t size() const override { return data_.size(); }
   Status ReadAt(uint64_t offset, std::span<uint8_t> out) const override;
+  bool concurrent_reads() const override { return true; }
+  bool cheap_reads() const override { return true; }
 
  private:
   ByteView data_;
@@ -55,6 +63,7 @@ class FileOldSource : public OldSource {
   explicit FileOldSource(const RandomAccessFile* file) : file_(file) {}
   uint64_t size() const override;
   Status ReadAt(uint64_t offset, std::span<uint8_t> out) const override;
+  bool concurrent_reads() const override { return true; }  // pread.
 
  private:
   const RandomAccessFile* file_;
@@ -160,6 +169,9 @@ struct SegmentInfo {
   uint64_t stream_raw[3] = {0, 0, 0};
   uint64_t stream_encoded[3] = {0, 0, 0};
   StreamCodec stream_codec[3] = {StreamCodec::kStored, StreamCodec::kStored, StreamCodec::kStored};
+  // Streams coded in zero-run form (DSPF 1.3), and that form's length.
+  bool stream_zero_run[3] = {false, false, false};
+  uint64_t stream_form[3] = {0, 0, 0};
 };
 
 struct PatchInfo {
@@ -172,6 +184,8 @@ struct PatchInfo {
 // Walks a whole patch without the old file: checks framing, order and every checksum except the
 // rebuilt-output ones, and describes each segment.
 Result<PatchInfo> InspectPatch(ByteView patch);
+// True when a copydiff stream of the patch is coded in zero-run form (a DSPF 1.3 feature).
+bool UsesZeroRunStreams(const PatchInfo& info);
 
 }  // namespace ds::delta
 

@@ -3,11 +3,13 @@
 // GeneratePatch matches the whole new file against the whole old file with a suffix array, cuts
 // the new file into segments, and for each segment keeps the smallest of:
 //   copydiff - bsdiff-style copies with byte-wise differences plus literals, control/diff/literal
-//              streams each compressed by zstd;
+//              streams each compressed by zstd or LZMA2 (sparse ones in zero-run form);
 //   zstdref  - zstd with a window of the old file as its prefix (like `zstd --patch-from`);
 //   lzmaref  - LZMA2 with the old file as preset dictionary (small files; best on text);
 //   stored   - the bytes themselves (never worse than shipping the file).
-// Small files are also tried as one whole-file segment, and the smaller patch wins.
+// Files up to 1 MiB are also tried as one whole-file reference segment, larger ones that changed
+// a lot (or text with many new pieces) as one LZMA2 reference segment per thread, each with the
+// old stretch it comes from; the smallest plan wins.
 //
 // Memory: old (n) + new (m) + suffix array (4n, 8n above 2 GiB) + per worker thread one segment's
 // streams (~4 x segment_size) and zstd's working state (level dependent, ~100-400 MiB at 19-22).

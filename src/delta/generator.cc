@@ -12,6 +12,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <tuple>
 
 #include "common/byte_writer.h"
 #include "common/hash.h"
@@ -93,10 +94,18 @@ class Compressor {
 // Preset 9 is for compressible streams; on nearly random ones a fast preset loses almost
 // nothing and saves most of the time. A non-empty |ref| presets the dictionary with it
 // ("patch-from" with LZMA2, method kLzmaRef).
-Result<Bytes> Lzma2Compress(ByteView src, uint32_t preset, uint32_t nice_len, ByteView ref = {}) {
+// |varints|: the data is a control stream of varints, where a literal's context is one bit of the
+// byte before (LZMA2 chunks carry lc/lp/pb, so the decoder needs nothing): 1-6% smaller.
+Result<Bytes> Lzma2Compress(ByteView src, uint32_t preset, uint32_t nice_len, ByteView ref = {},
+                            bool varints = false) {
   lzma_options_lzma opt{};
   if (lzma_lzma_preset(&opt, preset)) return Error(ErrorCode::kInternal, "lzma preset");
   if (nice_len) opt.nice_len = nice_len;
+  if (varints) {
+    opt.lc = 1;
+    opt.lp = 0;
+    opt.pb = 0;
+  }
   if (ref.empty()) {
     opt.dict_size = std::max<uint32_t>(
         LZMA_DICT_SIZE_MIN, static_cast<uint32_t>(std::min<uint64_t>(src.size(), opt.dict_size)));
@@ -132,6 +141,7 @@ struct EncodedSegment {
   Bytes payload;
   uint64_t ref_length = 0;
   uint64_t copy_ops = 0;
+  bool zero_run = false;  // A stream in zero-run form (DSPF 1.3).
   uint64_t encoded_size() const { return payload.size() + kSegmentOverhead; }
 };
 
@@ -140,6 +150,58 @@ EncodedSegment Stored(ByteView neu, uint64_t begin, uint64_t end) {
   s.header.method = Method::kStored;
   s.payload.assign(neu.begin() + begin, neu.begin() + end);
   return s;
+}
+
+// Streams up to this size are also tried as they are when their zero-run form is tried.
+constexpr size_t kRawStreamTrialLimit = 512 << 10;
+
+size_t VarintSize(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+// The smallest coding of one copydiff stream (or its zero-run form) the trials find.
+struct StreamCoding {
+  StreamCodec codec = StreamCodec::kStored;
+  Bytes bytes;      // Empty when stored (the caller keeps the source).
+  size_t size = 0;  // Coded bytes.
+};
+Result<StreamCoding> CodeStream(ByteView src, int stream, int level, Compressor* comp) {
+  StreamCoding best;
+  best.size = src.size();
+  auto keep = [&](StreamCodec codec, Bytes&& bytes) {
+    if (bytes.size() < best.size) {
+      best.codec = codec;
+      best.size = bytes.size();
+      best.bytes = std::move(bytes);
+    }
+  };
+  // A fast zstd pass first: a large stream it cannot shrink at all is stored, skipping the slow
+  // coders (small streams are cheap to try, and there zstd's frame overhead misleads).
+  Result<Bytes> probe = comp->Compress(src, 3);
+  if (!probe.ok()) return probe.status();
+  if (probe->size() >= src.size() && src.size() > kSmallStream) return best;
+  keep(StreamCodec::kZstd, std::move(probe).value());
+  // Nearly all one value (e.g. the diff of an unchanged region): little left to gain, and long
+  // runs make LZMA's longest matches slow, so only a short-match pass, if anything.
+  const bool sparse = best.size * 1024 < src.size();
+  if (sparse && best.size <= 64) return best;
+  const bool dense = best.size * 10 > src.size() * 9 && src.size() > kSmallStream;
+  Result<Bytes> lz = dense ? Lzma2Compress(src, 2, 0)
+                           : Lzma2Compress(src, 9, stream == kDiffStream && !sparse ? 273 : 32, {},
+                                           stream == kControlStream);
+  if (!lz.ok()) return lz.status();
+  keep(StreamCodec::kLzma2, std::move(lz).value());
+  if (src.size() <= kZstdTrialLimit && !dense) {
+    Result<Bytes> z = comp->Compress(src, level);
+    if (!z.ok()) return z.status();
+    keep(StreamCodec::kZstd, std::move(z).value());
+  }
+  return best;
 }
 
 Result<EncodedSegment> EncodeCopyDiff(ByteView old, ByteView neu, uint64_t begin,
@@ -177,49 +239,49 @@ Result<EncodedSegment> EncodeCopyDiff(ByteView old, ByteView neu, uint64_t begin
     lit.insert(lit.end(), neu.begin() + new_pos, neu.begin() + new_pos + op.lit_len);
     new_pos += op.lit_len;
   }
-  Bytes encoded[3];
+  Bytes encoded[3], forms[3];
   CopyDiffLayout layout;
   for (int i = 0; i < 3; ++i) {
     layout.raw_len[i] = streams[i].size();
     layout.encoded[i] = streams[i];
     if (streams[i].empty()) continue;
-    // A fast zstd pass first: a large stream it cannot shrink at all is stored, skipping the slow
-    // coders (small streams are cheap to try, and there zstd's frame overhead misleads).
-    Result<Bytes> probe = comp->Compress(streams[i], 3);
-    if (!probe.ok()) return probe.status();
-    if (probe->size() >= streams[i].size() && streams[i].size() > kSmallStream) continue;
-    if (probe->size() < streams[i].size()) {
-      encoded[i] = std::move(probe).value();
-      layout.codec[i] = StreamCodec::kZstd;
-      layout.encoded[i] = encoded[i];
+    // Sparse streams (mostly zeros: the diff of code that barely changed) are coded in zero-run
+    // form, at a twentieth of the time and about the same size; the stream as it is is tried
+    // too when it is small enough to be cheap.
+    ZeroRunEncode(streams[i], &forms[i]);
+    const bool try_form = forms[i].size() * 2 <= streams[i].size();
+    std::optional<StreamCoding> form, raw;
+    if (try_form) {
+      auto c = CodeStream(forms[i], i, level, comp);
+      if (!c.ok()) return c.status();
+      form = std::move(c).value();
     }
-    // Nearly all one value (e.g. the diff of an unchanged region): little left to gain, and long
-    // runs make LZMA's longest matches slow, so only a short-match pass, if anything.
-    const bool sparse = layout.encoded[i].size() * 1024 < streams[i].size();
-    if (sparse && layout.encoded[i].size() <= 64) continue;
-    const bool dense =
-        layout.encoded[i].size() * 10 > streams[i].size() * 9 && streams[i].size() > kSmallStream;
-    Result<Bytes> lz = dense ? Lzma2Compress(streams[i], 2, 0)
-                             : Lzma2Compress(streams[i], 9, i == kDiffStream && !sparse ? 273 : 32);
-    if (!lz.ok()) return lz.status();
-    if (lz->size() < layout.encoded[i].size()) {
-      encoded[i] = std::move(lz).value();
-      layout.codec[i] = StreamCodec::kLzma2;
-      layout.encoded[i] = encoded[i];
+    if (!try_form || streams[i].size() <= kRawStreamTrialLimit) {
+      auto c = CodeStream(streams[i], i, level, comp);
+      if (!c.ok()) return c.status();
+      raw = std::move(c).value();
     }
-    if (streams[i].size() <= kZstdTrialLimit && !dense) {
-      Result<Bytes> z = comp->Compress(streams[i], level);
-      if (!z.ok()) return z.status();
-      if (z->size() < layout.encoded[i].size()) {
-        encoded[i] = std::move(z).value();
-        layout.codec[i] = StreamCodec::kZstd;
+    if (form.has_value() &&
+        (!raw.has_value() || form->size + VarintSize(forms[i].size()) < raw->size)) {
+      layout.zero_run[i] = true;
+      layout.form_len[i] = forms[i].size();
+      layout.codec[i] = form->codec;
+      if (form->codec == StreamCodec::kStored) {
+        layout.encoded[i] = forms[i];
+      } else {
+        encoded[i] = std::move(form->bytes);
         layout.encoded[i] = encoded[i];
       }
+    } else if (raw->codec != StreamCodec::kStored) {
+      layout.codec[i] = raw->codec;
+      encoded[i] = std::move(raw->bytes);
+      layout.encoded[i] = encoded[i];
     }
   }
   EncodedSegment s;
   s.header.method = Method::kCopyDiff;
   s.copy_ops = ops.size();
+  s.zero_run = layout.zero_run[0] || layout.zero_run[1] || layout.zero_run[2];
   WriteCopyDiffPayload(layout, &s.payload);
   return s;
 }
@@ -309,6 +371,44 @@ double UnmatchedFraction(const SuffixArray& sa, ByteView neu) {
     unmatched += sa.LongestMatch(neu.subspan(at, kPiece), &pos) < kPiece;
   }
   return static_cast<double>(unmatched) / kSamples;
+}
+
+// LZMA2 with the old file as its dictionary codes text edits and much-changed binaries best, but
+// its binary-tree match finder slows down as the window grows (9 MB of old + 9 MB of new: 7 s).
+// Large files are cut into one part per worker, each with the stretch of the old file its
+// sampled pieces come from plus this margin on either side: about a third of the wall time, for
+// ~0-3% more.
+constexpr uint64_t kTextRefMargin = 256 << 10;
+constexpr uint64_t kBinaryRefMargin = 512 << 10;
+// Large text gets the reference parts only when this much of it is new; below, its copydiff is
+// as small (the zero-run diff stream carries short edits well) at a fraction of the time.
+constexpr double kTextRefUnmatched = 0.25;
+// Text segments also try copies pruned as if literals cost this much: fewer, longer copies with
+// more literals win where edits are dense (typescript 5.8 -> 5.9: -7%), lose where they are rare.
+constexpr double kTextLiteralCostLow = 0.5;
+
+// The old window for new[begin, end) as a reference: where sampled pieces of it occur in the old
+// file, densest stretch of the part's length, plus |margin| each side.
+std::pair<uint64_t, uint64_t> SampledRefWindow(const SuffixArray& sa, ByteView neu, uint64_t n,
+                                               uint64_t begin, uint64_t end, uint64_t margin) {
+  constexpr uint64_t kSamples = 1024, kPiece = 32;
+  const uint64_t len = end - begin;
+  std::vector<CopyOp> hits;
+  if (len >= kPiece) {
+    for (uint64_t k = 0; k < kSamples; ++k) {
+      const uint64_t at = begin + (len - kPiece) * k / kSamples;
+      uint64_t pos;
+      if (sa.LongestMatch(neu.subspan(at, kPiece), &pos) >= kPiece) {
+        hits.push_back(CopyOp{pos, kPiece, 0});
+      }
+    }
+  }
+  const uint64_t core = std::min(n, len);
+  const uint64_t center = neu.empty() ? 0 : n * begin / neu.size();
+  const uint64_t start = ChooseRefWindow(hits, n, core, center);
+  const uint64_t lo = start > margin ? start - margin : 0;
+  const uint64_t hi = std::min(n, start + core + margin);
+  return {lo, hi - lo};
 }
 
 // The code regions of |old| and |neu| and the transform for them, when both are ELF files of the
@@ -423,6 +523,7 @@ void CountSegment(const EncodedSegment& seg, GenerateStats* st) {
 
 struct Plan {
   std::vector<EncodedSegment> segments;
+  uint64_t seg_size = 0;  // New bytes per segment (the last one may be shorter).
   uint64_t size() const {
     uint64_t s = 0;
     for (const auto& seg : segments) s += seg.encoded_size();
@@ -469,41 +570,65 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
   std::vector<std::unique_ptr<Compressor>> comps;
   for (int i = 0; i < threads; ++i) comps.push_back(std::make_unique<Compressor>());
 
-  // Whole-file reference candidates (small files only): LZMA2 or zstd with the whole old file as
+  // Reference candidates (files up to whole_file_limit): LZMA2 or zstd with the old file as
   // dictionary. They win on text, where edits are many and short, and on binaries that changed a
-  // lot; they are tried on text-like files, on files where many sampled pieces are not found in
-  // the old file, and on files small enough for them to be cheap. They run as extra tasks beside
-  // the segment tasks so that both cores stay busy; text waits for the segments' result.
+  // lot; they are tried on files under 1 MiB (cheap), on files where many sampled pieces are not
+  // found in the old file, and on text with enough new pieces. Above 1 MiB the LZMA2 candidate
+  // is cut into parts (see kTextRefMargin). They run as extra tasks ahead of the segment tasks so
+  // that both cores stay busy.
   const bool text = LooksLikeText(neu);
-  std::vector<int> ref_levels;     // 0 = LZMA2, else a zstd level.
-  bool deferred_text_ref = false;  // Decided after the segments: see below.
+  std::vector<int> ref_levels;  // Whole-file candidates: 0 = LZMA2, else a zstd level.
+  bool lzma_parts = false;
   if (options.try_zstd_ref && small && m > 0 && n > 0 && n <= options.max_ref_window) {
     st.unmatched_fraction = UnmatchedFraction(sa, neu);
+    const double u = st.unmatched_fraction;
     if (m <= kAlwaysTryRefSize) {
       ref_levels = {0, options.ref_level};
-    } else if (st.unmatched_fraction > kRefTrialUnrelated) {
+    } else if (u > kRefTrialUnrelated) {
       ref_levels = {std::min(options.ref_level, 19)};
-    } else if (st.unmatched_fraction > kRefTrialMixed) {
-      ref_levels = {0, std::min(options.ref_level, 19)};
-    } else if (st.unmatched_fraction > kRefTrialUnmatched) {
-      ref_levels = {0};
-    } else if (text) {
-      deferred_text_ref = true;
+    } else if (u > kRefTrialMixed) {
+      ref_levels = {std::min(options.ref_level, 19)};
+      lzma_parts = true;
+    } else {
+      lzma_parts = u > kRefTrialUnmatched || (text && u >= kTextRefUnmatched);
+    }
+  }
+  struct RefPart {
+    uint64_t begin = 0, end = 0, ref_offset = 0, ref_length = 0;
+    std::optional<EncodedSegment> seg;
+  };
+  std::vector<RefPart> ref_parts;
+  if (lzma_parts) {
+    const size_t parts = static_cast<size_t>(std::min<uint64_t>(threads, m));
+    const uint64_t part_size = (m - 1) / parts + 1;
+    for (uint64_t b = 0; b < m; b += part_size) {
+      RefPart part;
+      part.begin = b;
+      part.end = std::min(m, b + part_size);
+      if (parts == 1) {
+        part.ref_length = n;
+      } else {
+        std::tie(part.ref_offset, part.ref_length) = SampledRefWindow(
+            sa, neu, n, part.begin, part.end, text ? kTextRefMargin : kBinaryRefMargin);
+      }
+      ref_parts.push_back(std::move(part));
     }
   }
 
   const double literal_cost = text ? kTextLiteralCost : kBinaryLiteralCost;
 
-  // One task per whole-file candidate, then one per segment: match (against the whole old file),
-  // then keep the smaller of copydiff and stored; on large text-like segments also try zstd with
-  // an old window.
+  // One task per whole-file candidate and reference part, then one per segment: match (against
+  // the whole old file), then keep the smaller of copydiff and stored; on large segments that are
+  // mostly literals also try zstd with an old window.
   Plan plan;
   plan.segments.resize(seg_count);
+  plan.seg_size = seg_size;
   std::vector<std::optional<EncodedSegment>> whole(ref_levels.size());
-  std::vector<Status> errors(ref_levels.size() + seg_count);
+  const size_t first_segment_task = ref_levels.size() + ref_parts.size();
+  std::vector<Status> errors(first_segment_task + seg_count);
   std::vector<std::vector<CopyOp>> seg_ops(seg_count);
   const auto t_match = Clock::now();
-  ParallelFor(threads, ref_levels.size() + seg_count, [&](int worker, size_t task) {
+  ParallelFor(threads, first_segment_task + seg_count, [&](int worker, size_t task) {
     Compressor* comp = comps[worker].get();
     if (task < ref_levels.size()) {
       auto r = EncodeRef(old, neu, 0, m, 0, n, ref_levels[task], comp);
@@ -513,18 +638,43 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
         errors[task] = r.status();
       return;
     }
-    const size_t i = task - ref_levels.size();
+    if (task < first_segment_task) {
+      RefPart& part = ref_parts[task - ref_levels.size()];
+      auto r = EncodeRef(old, neu, part.begin, part.end, part.ref_offset, part.ref_length, 0, comp);
+      if (r.ok())
+        part.seg = std::move(r).value();
+      else
+        errors[task] = r.status();
+      return;
+    }
+    const size_t i = task - first_segment_task;
     const uint64_t begin = i * seg_size, end = std::min(m, begin + seg_size);
-    seg_ops[i] = MatchRange(sa, neu, begin, end);
+    const std::vector<CopyOp> matched = MatchRange(sa, neu, begin, end);
+    seg_ops[i] = matched;
     PruneCopies(&seg_ops[i], begin, literal_cost);
-    const std::vector<CopyOp>& ops = seg_ops[i];
     EncodedSegment best = Stored(neu, begin, end);
-    auto cd = EncodeCopyDiff(old, neu, begin, ops, options.stream_level, comp);
+    auto cd = EncodeCopyDiff(old, neu, begin, seg_ops[i], options.stream_level, comp);
     if (!cd.ok()) {
       errors[task] = cd.status();
       return;
     }
     if (cd->encoded_size() < best.encoded_size()) best = std::move(cd).value();
+    if (text) {
+      std::vector<CopyOp> fewer = matched;
+      PruneCopies(&fewer, begin, kTextLiteralCostLow);
+      if (fewer.size() != seg_ops[i].size()) {
+        auto alt = EncodeCopyDiff(old, neu, begin, fewer, options.stream_level, comp);
+        if (!alt.ok()) {
+          errors[task] = alt.status();
+          return;
+        }
+        if (alt->encoded_size() < best.encoded_size()) {
+          best = std::move(alt).value();
+          seg_ops[i] = std::move(fewer);
+        }
+      }
+    }
+    const std::vector<CopyOp>& ops = seg_ops[i];
     uint64_t literal_bytes = 0;
     for (const CopyOp& op : ops) literal_bytes += op.lit_len;
     if (options.try_zstd_ref && !small && n > 0 && literal_bytes * 20 > end - begin) {
@@ -612,17 +762,20 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
     if (!cd.ok()) return cd.status();
     whole.push_back(std::move(cd).value());
   }
-  // Text that changed very little (copydiff under 0.1% of the file) is left as it is: the LZMA2
-  // reference trial costs seconds and cannot gain much there.
-  if (deferred_text_ref && plan.size() * 1000 > m) {
-    auto r = EncodeRef(old, neu, 0, m, 0, n, 0, comps[0].get());
-    if (!r.ok()) return r.status();
-    whole.push_back(std::move(r).value());
-  }
   uint64_t plan_extra = st.transform_saved_bytes > 0 ? tables_cost : 0;
+  if (!ref_parts.empty()) {
+    Plan parts;
+    parts.seg_size = ref_parts[0].end - ref_parts[0].begin;
+    for (RefPart& part : ref_parts) parts.segments.push_back(std::move(*part.seg));
+    if (parts.size() < plan.size() + plan_extra) {
+      plan = std::move(parts);
+      plan_extra = 0;
+    }
+  }
   for (auto& c : whole) {
     if (c.has_value() && c->encoded_size() < plan.size() + plan_extra) {
       Plan single;
+      single.seg_size = m;
       single.segments.push_back(std::move(*c));
       plan = std::move(single);
       plan_extra = 0;
@@ -645,8 +798,11 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
     header.minor = 0;  // Nothing of 1.1 is used: the patch says it is a plain 1.0 patch.
   }
   header.transform_saved = st.transform_saved_bytes;
+  for (const EncodedSegment& seg : plan.segments) {
+    if (seg.zero_run) header.minor = 3;  // Zero-run streams are 1.3 (and 1.3 has all of 1.1).
+  }
   for (EncodedSegment& seg : plan.segments) {
-    const uint64_t len = plan.segments.size() == 1 ? m : std::min(seg_size, m - offset);
+    const uint64_t len = std::min(plan.seg_size, m - offset);
     seg.header.new_offset = offset;
     seg.header.new_length = len;
     seg.header.output_crc32c = Crc32c(neu.subspan(offset, len));
@@ -872,6 +1028,9 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
   if (recompress_segments == 0) return Bytes();
   header.flags = kFlagRecompress;
   header.minor = 2;
+  for (const PieceResult& r : results) {
+    if (r.seg.zero_run) header.minor = 3;  // Zero-run streams are 1.3.
+  }
   header.recompress_saved = saved;
   for (size_t i = 0; i < pieces.size(); ++i) {
     EncodedSegment& seg = results[i].seg;

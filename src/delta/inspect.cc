@@ -59,6 +59,8 @@ Result<PatchInfo> InspectPatch(ByteView patch) {
         seg.stream_raw[s] = layout.raw_len[s];
         seg.stream_encoded[s] = layout.encoded[s].size();
         seg.stream_codec[s] = layout.codec[s];
+        seg.stream_zero_run[s] = layout.zero_run[s];
+        seg.stream_form[s] = layout.form_len[s];
       }
     } else if (h.method == Method::kZstdRef || h.method == Method::kLzmaRef) {
       ZstdRefLayout layout;
@@ -75,6 +77,15 @@ Result<PatchInfo> InspectPatch(ByteView patch) {
     return Error(ErrorCode::kPatchTrailingData, "bytes after the last segment");
   }
   return info;
+}
+
+bool UsesZeroRunStreams(const PatchInfo& info) {
+  for (const SegmentInfo& seg : info.segments) {
+    for (bool z : seg.stream_zero_run) {
+      if (z) return true;
+    }
+  }
+  return false;
 }
 
 }  // namespace ds::delta

@@ -374,11 +374,56 @@ Status ParseSegmentHeader(ByteView buf, SegmentHeader* s, size_t* consumed, uint
 void WriteCopyDiffPayload(const CopyDiffLayout& layout, Bytes* out) {
   ByteWriter w(out);
   for (int i = 0; i < 3; ++i) {
-    w.WriteU8(static_cast<uint8_t>(layout.codec[i]));
+    w.WriteU8(static_cast<uint8_t>(static_cast<uint8_t>(layout.codec[i]) |
+                                   (layout.zero_run[i] ? kCodecZeroRun : 0)));
     w.WriteVarint(layout.raw_len[i]);
     w.WriteVarint(layout.encoded[i].size());
+    if (layout.zero_run[i]) w.WriteVarint(layout.form_len[i]);
   }
   for (int i = 0; i < 3; ++i) w.WriteBytes(layout.encoded[i]);
+}
+
+void ZeroRunEncode(ByteView raw, Bytes* form) {
+  ByteWriter w(form);
+  size_t i = 0;
+  const size_t n = raw.size();
+  while (i < n) {
+    size_t j = i;
+    while (j < n && raw[j] == 0) ++j;
+    size_t k = j;
+    while (k < n && raw[k] != 0) ++k;
+    w.WriteVarint(j - i);
+    w.WriteVarint(k - j);
+    w.WriteBytes(raw.subspan(j, k - j));
+    i = k;
+  }
+}
+
+Status ZeroRunDecode(ByteView form, std::span<uint8_t> out) {
+  ByteReader r(form);
+  size_t pos = 0;
+  while (!r.empty()) {
+    uint64_t zeros, count;
+    if (!r.ReadVarint(&zeros) || !r.ReadVarint(&count)) {
+      return Error(ErrorCode::kPatchMalformed, "zero-run form truncated");
+    }
+    if (zeros == 0 && count == 0) {
+      return Error(ErrorCode::kPatchMalformed, "empty pair in a zero-run form");
+    }
+    if (zeros > out.size() - pos || count > out.size() - pos - zeros) {
+      return Error(ErrorCode::kPatchMalformed, "zero-run form overruns its stream");
+    }
+    std::memset(out.data() + pos, 0, zeros);
+    pos += zeros;
+    if (!r.ReadInto(out.data() + pos, count)) {
+      return Error(ErrorCode::kPatchMalformed, "zero-run form truncated");
+    }
+    pos += count;
+  }
+  if (pos != out.size()) {
+    return Error(ErrorCode::kPatchMalformed, "zero-run form shorter than its stream");
+  }
+  return Status::Ok();
 }
 
 Status ParseCopyDiffPayload(ByteView payload, CopyDiffLayout* out) {
@@ -389,12 +434,25 @@ Status ParseCopyDiffPayload(ByteView payload, CopyDiffLayout* out) {
     if (!r.ReadU8(&codec) || !r.ReadVarint(&out->raw_len[i]) || !r.ReadVarint(&enc_len[i])) {
       return Error(ErrorCode::kPatchMalformed, "copydiff stream table truncated");
     }
+    out->zero_run[i] = (codec & kCodecZeroRun) != 0;
+    codec &= static_cast<uint8_t>(~kCodecZeroRun);
     if (codec > static_cast<uint8_t>(StreamCodec::kLzma2)) {
       return Error(ErrorCode::kPatchUnknownMethod, "unknown stream codec " + std::to_string(codec));
     }
     out->codec[i] = static_cast<StreamCodec>(codec);
-    if (out->codec[i] == StreamCodec::kStored ? enc_len[i] != out->raw_len[i]
-                                              : enc_len[i] >= out->raw_len[i]) {
+    // The codec's output: the stream itself, or its zero-run form (shorter than the stream).
+    uint64_t decoded_len = out->raw_len[i];
+    if (out->zero_run[i]) {
+      if (!r.ReadVarint(&out->form_len[i])) {
+        return Error(ErrorCode::kPatchMalformed, "copydiff stream table truncated");
+      }
+      if (out->form_len[i] == 0 || out->form_len[i] >= out->raw_len[i]) {
+        return Error(ErrorCode::kPatchMalformed, "zero-run form not shorter than its stream");
+      }
+      decoded_len = out->form_len[i];
+    }
+    if (out->codec[i] == StreamCodec::kStored ? enc_len[i] != decoded_len
+                                              : enc_len[i] >= decoded_len) {
       return Error(ErrorCode::kPatchMalformed, "copydiff stream length inconsistent with codec");
     }
   }

@@ -97,7 +97,9 @@ TEST_F(CliTest, InspectDescribesPatch) {
   Result<delta::PatchInfo> info = delta::InspectPatch(*patch);
   ASSERT_TRUE(info.ok());
   // The text agrees with the library's view of the patch.
-  EXPECT_NE(i.out.find("DSPF 1.0"), std::string::npos) << i.out;
+  const bool zero_run = delta::UsesZeroRunStreams(*info);
+  EXPECT_NE(i.out.find(zero_run ? "DSPF 1.3" : "DSPF 1.0"), std::string::npos) << i.out;
+  EXPECT_EQ(i.out.find("zero-run") != std::string::npos, zero_run) << i.out;
   EXPECT_NE(i.out.find(std::to_string(new_.size())), std::string::npos) << i.out;
   EXPECT_NE(i.out.find(ToHex(info->header.new_sha256)), std::string::npos) << i.out;
   EXPECT_NE(i.out.find(ToHex(info->header.old_sha256)), std::string::npos) << i.out;
@@ -203,7 +205,10 @@ TEST_F(CliTest, GzipDiffUsesDeflateUnlessNoTransforms) {
   EXPECT_NE(d.out.find("recompression (deflate, xz): 1 segments"), std::string::npos) << d.out;
   RunResult i = Run({"inspect", patch_path_});
   ASSERT_EQ(i.exit_code, 0) << i.err;
-  EXPECT_NE(i.out.find("DSPF 1.2"), std::string::npos) << i.out;
+  EXPECT_TRUE(
+      i.out.find("DSPF 1.2") != std::string::npos ||
+      (i.out.find("DSPF 1.3") != std::string::npos && i.out.find("zero-run") != std::string::npos))
+      << i.out;
   EXPECT_NE(i.out.find("transform deflate"), std::string::npos) << i.out;
   EXPECT_NE(i.out.find("recompress  saved"), std::string::npos) << i.out;
   ASSERT_EQ(Run({"apply", old_gz, patch_path_, "-o", out_path_}).exit_code, 0);

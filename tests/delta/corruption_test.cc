@@ -1,6 +1,7 @@
 // Tests PatchApplier on damaged real patches: magic, version, truncation, checksums, base, flips.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "common/byte_reader.h"
@@ -255,6 +256,39 @@ TEST(PatchApplierTest, WrongBaseHash) {
     EXPECT_TRUE(sink.bytes.empty()) << "nothing may be written for a wrong base";
     EXPECT_EQ(CodeOf(applier.Finish()), ErrorCode::kPatchWrongBase);
   }
+}
+
+TEST(PatchApplierTest, WrongBaseHashCheckedBesideTheFirstSegment) {
+  // Above 1 MiB the old file is hashed on a second thread while the first segment is rebuilt:
+  // still nothing reaches the sink, whether the patch arrives whole or a byte at a time.
+  const Bytes old_bytes = RandomBytes(3 << 20, 21);
+  Bytes neu = old_bytes;
+  for (size_t i = 0; i < neu.size(); i += 4096) neu[i] ^= 0x5A;
+  GenerateOptions opt;
+  opt.segment_size = 1 << 20;
+  Result<Bytes> patch = GeneratePatch(old_bytes, neu, opt);
+  ASSERT_TRUE(patch.ok());
+  for (size_t at : {size_t{0}, old_bytes.size() - 1}) {
+    Bytes wrong = old_bytes;
+    wrong[at] ^= 1;
+    for (size_t step : {patch->size(), size_t{1}}) {
+      MemoryOldSource src(wrong);
+      VectorSink sink;
+      PatchApplier applier(&src, &sink);
+      Status s;
+      for (size_t pos = 0; pos < patch->size() && s.ok(); pos += step) {
+        s = applier.Write(ByteView(*patch).subspan(pos, std::min(step, patch->size() - pos)));
+      }
+      if (s.ok()) s = applier.Finish();
+      EXPECT_EQ(CodeOf(s), ErrorCode::kPatchWrongBase) << "byte " << at << " step " << step;
+      EXPECT_TRUE(sink.bytes.empty()) << "nothing may be written for a wrong base";
+      EXPECT_EQ(CodeOf(applier.Finish()), ErrorCode::kPatchWrongBase);
+    }
+  }
+  // The right base still applies, in any split.
+  Result<Bytes> out = ApplyPatch(old_bytes, *patch);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_TRUE(*out == neu);
 }
 
 TEST(PatchApplierTest, WrongBaseWithoutHashCheckCaughtByOutputCrc) {

@@ -2,9 +2,11 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <vector>
 
+#include "common/byte_reader.h"
 #include "common/byte_writer.h"
 #include "common/hash.h"
 #include "delta/delta.h"
@@ -519,6 +521,129 @@ TEST_F(CraftedPatchTest, CopyDiffUnknownStreamCodec) {
     EXPECT_EQ(CodeOf(Apply(p)), ErrorCode::kPatchUnknownMethod) << "codec " << int{codec};
   }
 }
+// --- Zero-run streams (DSPF 1.3) ----------------------------------------------------------------
+
+TEST(ZeroRunForm, RoundTripsEdgeCases) {
+  Bytes sparse(5000, 0);
+  for (size_t i = 7; i < sparse.size(); i += 97) sparse[i] = static_cast<uint8_t>(i | 1);
+  Bytes dense = RandomBytes(300, 3);
+  for (auto& b : dense) b |= 1;
+  const std::vector<Bytes> cases = {{},        {0},   {5},    Bytes(1000, 0), {0, 0, 9, 9, 0},
+                                    {9, 0, 9}, dense, sparse, Bytes(3, 7)};
+  for (const Bytes& raw : cases) {
+    Bytes form;
+    ZeroRunEncode(raw, &form);
+    Bytes back(raw.size(), 0xEE);
+    ASSERT_TRUE(ZeroRunDecode(form, back).ok()) << raw.size();
+    EXPECT_TRUE(back == raw) << raw.size();
+  }
+  Bytes form;
+  ZeroRunEncode(sparse, &form);
+  EXPECT_LT(form.size() * 10, sparse.size());  // 52 runs of one byte in 5,000.
+}
+
+TEST(ZeroRunForm, HostileFormsAreMalformed) {
+  Bytes out(10);
+  const std::vector<Bytes> bad = {
+      {0x03},                          // Truncated pair.
+      {0x80},                          // Truncated varint.
+      {0x00, 0x00},                    // Empty pair.
+      {0x0B, 0x00},                    // 11 zeros into 10 bytes.
+      {0x05, 0x06, 1, 2, 3, 4, 5, 6},  // 5 + 6 bytes into 10.
+      {0x02, 0x03, 1, 2},              // Count says 3 bytes, the form holds 2.
+      {0x04, 0x01, 7},                 // Fills 5 of 10 bytes.
+      {0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, 0x01, 0x01},  // 2^64-1 zeros.
+  };
+  for (const Bytes& form : bad) {
+    EXPECT_EQ(ZeroRunDecode(form, out).code(), ErrorCode::kPatchMalformed) << ToHex(form);
+  }
+}
+
+// ValidCopyDiff's diff stream, coded in zero-run form (stored or zstd).
+class ZeroRunPatchTest : public CraftedPatchTest {
+ protected:
+  RawPatch WithDiff(const std::function<void(CopyDiffLayout&)>& edit = {}) {
+    neu_.assign(old_.begin(), old_.begin() + 600);
+    diff_.assign(600, 0);
+    for (size_t i = 3; i < 600; i += 41) {
+      diff_[i] = 0x10;  // Repeating pairs: the form compresses.
+      neu_[i] = static_cast<uint8_t>(neu_[i] + diff_[i]);
+    }
+    control_ = EncodeControl({{0, 600, 0}});
+    ZeroRunEncode(diff_, &form_);
+    CopyDiffLayout layout = CopyDiffOf(control_, diff_, {});
+    layout.zero_run[kDiffStream] = true;
+    layout.form_len[kDiffStream] = form_.size();
+    layout.encoded[kDiffStream] = form_;
+    if (edit) edit(layout);
+    return OneSegment(Method::kCopyDiff, PayloadOf(layout));
+  }
+  Bytes diff_, control_, form_, frame_;
+};
+
+TEST_F(ZeroRunPatchTest, StoredFormApplies) {
+  Result<Bytes> out = Apply(WithDiff());
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_TRUE(*out == neu_);
+}
+
+TEST_F(ZeroRunPatchTest, CompressedFormApplies) {
+  Result<Bytes> out = Apply(WithDiff([&](CopyDiffLayout& l) {
+    frame_ = ZstdMagiclessFrame(form_);
+    ASSERT_LT(frame_.size(), form_.size());
+    l.codec[kDiffStream] = StreamCodec::kZstd;
+    l.encoded[kDiffStream] = frame_;
+  }));
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_TRUE(*out == neu_);
+}
+
+TEST_F(ZeroRunPatchTest, FormNotShorterThanStreamIsMalformed) {
+  for (uint64_t form_len : {uint64_t{0}, uint64_t{600}, uint64_t{601}}) {
+    RawPatch p = WithDiff([&](CopyDiffLayout& l) { l.form_len[kDiffStream] = form_len; });
+    EXPECT_EQ(CodeOf(Apply(p)), ErrorCode::kPatchMalformed) << form_len;
+  }
+}
+
+TEST_F(ZeroRunPatchTest, StoredFormLengthMismatchIsMalformed) {
+  RawPatch p = WithDiff([&](CopyDiffLayout& l) { l.form_len[kDiffStream] += 1; });
+  EXPECT_EQ(CodeOf(Apply(p)), ErrorCode::kPatchMalformed);
+}
+
+TEST_F(ZeroRunPatchTest, FormExpandingPastItsStreamIsMalformed) {
+  // The form describes 601 bytes where the stream table says 600.
+  RawPatch p = WithDiff([&](CopyDiffLayout& l) {
+    Bytes longer = diff_;
+    longer.push_back(0);
+    form_.clear();
+    ZeroRunEncode(longer, &form_);
+    l.form_len[kDiffStream] = form_.size();
+    l.encoded[kDiffStream] = form_;
+  });
+  EXPECT_EQ(CodeOf(Apply(p)), ErrorCode::kPatchMalformed);
+}
+
+TEST_F(ZeroRunPatchTest, FormShortOfItsStreamIsMalformed) {
+  RawPatch p = WithDiff([&](CopyDiffLayout& l) { l.raw_len[kDiffStream] = 700; });
+  EXPECT_EQ(CodeOf(Apply(p)), ErrorCode::kPatchMalformed);
+}
+
+TEST_F(ZeroRunPatchTest, UnknownCodecBitsAreUnknownMethod) {
+  RawPatch p = WithDiff();
+  Bytes& payload = p.segments[0].payload;
+  // Payload: control's table entry (codec, raw, encoded), then the diff's codec byte.
+  ByteReader r(payload);
+  uint8_t codec;
+  uint64_t v;
+  ASSERT_TRUE(r.ReadU8(&codec) && r.ReadVarint(&v) && r.ReadVarint(&v));
+  const size_t at = r.position();
+  ASSERT_EQ(payload[at], kCodecZeroRun);
+  for (uint8_t bits : {0x20, 0x40, 0x80}) {
+    payload[at] = static_cast<uint8_t>(kCodecZeroRun | bits);
+    EXPECT_EQ(CodeOf(Apply(p)), ErrorCode::kPatchUnknownMethod) << int{bits};
+  }
+}
+
 TEST_F(CraftedPatchTest, CopyDiffStreamOverrunsPayloadIsMalformed) {
   RawPatch p = ValidCopyDiff();
   p.segments[0].payload.resize(p.segments[0].payload.size() - 1);

@@ -447,5 +447,25 @@ TEST(GenerateOptionsTest, StatsDescribeThePatch) {
   EXPECT_EQ(info->header.old_sha256, Sha256::Of(p.old_bytes));
 }
 
+TEST(ZeroRunStreams, SparseDiffsUseThemAndRoundTrip) {
+  // 1 MiB of "code" whose new version changes one byte in 64 (relocated addresses): the diff
+  // stream is mostly zeros, coded in zero-run form, and the patch says DSPF 1.3.
+  const Bytes old = RandomBytes(1 << 20, 9);
+  Bytes neu = old;
+  for (size_t i = 0; i < neu.size(); i += 64) neu[i] = static_cast<uint8_t>(neu[i] + 3);
+  GenerateOptions opt;
+  opt.try_zstd_ref = false;
+  Result<Bytes> patch = GeneratePatch(old, neu, opt);
+  ASSERT_TRUE(patch.ok());
+  Result<PatchInfo> info = InspectPatch(*patch);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->header.minor, 3);
+  EXPECT_TRUE(UsesZeroRunStreams(*info));
+  EXPECT_LT(patch->size(), 16384u * 3);  // 16,384 changed bytes.
+  Result<Bytes> out = ApplyPatch(old, *patch);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_TRUE(*out == neu);
+}
+
 }  // namespace
 }  // namespace ds::delta
