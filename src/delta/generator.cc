@@ -155,15 +155,6 @@ EncodedSegment Stored(ByteView neu, uint64_t begin, uint64_t end) {
 // Streams up to this size are also tried as they are when their zero-run form is tried.
 constexpr size_t kRawStreamTrialLimit = 512 << 10;
 
-size_t VarintSize(uint64_t v) {
-  size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    ++n;
-  }
-  return n;
-}
-
 // The smallest coding of one copydiff stream (or its zero-run form) the trials find.
 struct StreamCoding {
   StreamCodec codec = StreamCodec::kStored;
