@@ -196,6 +196,9 @@ class PatchApplier::Impl {
   ~Impl() {
     if (old_hash_thread_.joinable()) old_hash_thread_.join();
     AwaitNewHash();
+    DropPrefetch();
+    ZSTD_freeDCtx(pf_.dctx);
+    ZSTD_freeDCtx(pf_.diff_dctx);
     ZSTD_freeDCtx(dctx_);
     ZSTD_freeDCtx(diff_dctx_);
   }
@@ -203,6 +206,7 @@ class PatchApplier::Impl {
   Status Write(ByteView data) {
     if (!failure_.ok()) return failure_;
     Status s = Consume(data);
+    DropPrefetch();  // It reads |data|, which the caller may reuse after this call.
     if (!s.ok()) {
       // A wrong base explains everything after it: it wins over a segment's error.
       Status base = AwaitOldHash();
@@ -304,6 +308,8 @@ class PatchApplier::Impl {
           data = data.subspan(take);
           patch_offset_ += take;
           if (payload_.size() == seg_.payload_length) {
+            TakePrefetch(PayloadStart());
+            StartPrefetch(data, patch_offset_);
             DS_RETURN_IF_ERROR(FinishSegment());
             if (checkpoint_ && state_ == State::kSegmentHeader) {
               DS_RETURN_IF_ERROR(checkpoint_({patch_offset_, segments_done_, output_bytes_}));
@@ -512,23 +518,122 @@ class PatchApplier::Impl {
     return Status::Ok();
   }
 
-  Status DecodeCopyDiff() {
-    CopyDiffLayout layout;
-    DS_RETURN_IF_ERROR(ParseCopyDiffPayload(payload_, &layout));
-    const uint64_t n = method_length_;
-    // Each control entry yields at least one byte and takes at most three 10-byte varints.
+  // Each control entry yields at least one byte and takes at most three 10-byte varints.
+  static Status CheckStreamSizes(const CopyDiffLayout& layout, uint64_t n) {
     if (layout.raw_len[kDiffStream] > n || layout.raw_len[kLiteralStream] > n ||
         layout.raw_len[kControlStream] > 30 * n) {
       return Error(ErrorCode::kPatchMalformed, "copydiff streams larger than their segment");
     }
+    return Status::Ok();
+  }
+
+  // Patch offset of the current segment's payload. REQUIRES: the payload is complete.
+  uint64_t PayloadStart() const { return patch_offset_ - payload_.size(); }
+
+  // Starts decoding the streams of the segment after the current one on a second thread, when
+  // |rest| (the caller's bytes from patch offset |rest_offset| on) holds it whole: a patch read
+  // from a file arrives in 1 MiB pieces, so the next segment's LZMA2 streams (most of an apply's
+  // time) decode while this one is rebuilt. Only copydiff segments (not recompression ones) of up
+  // to kPrefetchMaxOutput; a segment the main path refuses is decoded by it (and refused) as if
+  // nothing had been prefetched.
+  void StartPrefetch(ByteView rest, uint64_t rest_offset) {
+    if (pf_.thread.joinable()) return;
+    SegmentHeader h;
+    size_t consumed = 0;
+    uint32_t crc = 0, stored = 0;
+    if (!ParseSegmentHeader(rest, &h, &consumed, &crc, &stored).ok() || consumed == 0) return;
+    if (h.method != Method::kCopyDiff || IsRecompressTransform(h.transform) || h.new_length == 0 ||
+        h.new_length > std::min(header_.max_segment_output, kPrefetchMaxOutput) ||
+        h.payload_length > header_.max_segment_payload ||
+        h.payload_length > rest.size() - consumed) {
+      return;
+    }
+    const ByteView payload = rest.subspan(consumed, h.payload_length);
+    if (Crc32c(payload, crc) != stored) return;
+    if (pf_.dctx == nullptr) pf_.dctx = ZSTD_createDCtx();
+    pf_.payload_offset = rest_offset + consumed;
+    pf_.thread = std::thread([this, payload, n = h.new_length] {
+      CopyDiffLayout layout;
+      Status st = ParseCopyDiffPayload(payload, &layout);
+      if (st.ok()) st = CheckStreamSizes(layout, n);
+      if (!st.ok()) {
+        pf_.status = st;
+        return;
+      }
+      for (int i = 0; i < 3; ++i) {
+        pf_.decoded[i] = layout.codec[i] != StreamCodec::kStored || layout.zero_run[i];
+      }
+      // The diff stream on a thread of its own, as DecodeCopyDiff does.
+      auto decode = [&](int i, ZSTD_DCtx* z) {
+        ByteView unused;
+        return pf_.decoded[i] ? DecodeStream(layout, i, z, &pf_.forms[i], &pf_.bufs[i], &unused)
+                              : Status::Ok();
+      };
+      Status diff_status;
+      std::thread diff_thread;
+      if (layout.encoded[kDiffStream].size() >= kParallelDecodeMin) {
+        if (pf_.diff_dctx == nullptr) pf_.diff_dctx = ZSTD_createDCtx();
+        diff_thread = std::thread([&] { diff_status = decode(kDiffStream, pf_.diff_dctx); });
+      } else {
+        diff_status = decode(kDiffStream, pf_.dctx);
+      }
+      st = decode(kControlStream, pf_.dctx);
+      if (st.ok()) st = decode(kLiteralStream, pf_.dctx);
+      if (diff_thread.joinable()) diff_thread.join();
+      pf_.status = st.ok() ? diff_status : st;
+    });
+  }
+
+  // Makes the prefetched streams of the payload at |payload_start| ready for DecodeCopyDiff.
+  void TakePrefetch(uint64_t payload_start) {
+    if (!pf_.thread.joinable()) return;
+    pf_.thread.join();
+    if (pf_.payload_offset != payload_start) {
+      pf_.payload_offset = kNoPrefetch;
+      return;
+    }
+    for (int i = 0; i < 3; ++i) {
+      std::swap(ready_.bufs[i], pf_.bufs[i]);
+      ready_.decoded[i] = pf_.decoded[i];
+    }
+    ready_.status = pf_.status;
+    ready_.payload_offset = pf_.payload_offset;
+    pf_.payload_offset = kNoPrefetch;
+  }
+
+  void DropPrefetch() {
+    if (pf_.thread.joinable()) pf_.thread.join();
+    pf_.payload_offset = kNoPrefetch;
+    ready_.payload_offset = kNoPrefetch;
+  }
+
+  Status DecodeCopyDiff() {
+    CopyDiffLayout layout;
+    DS_RETURN_IF_ERROR(ParseCopyDiffPayload(payload_, &layout));
+    const uint64_t n = method_length_;
+    DS_RETURN_IF_ERROR(CheckStreamSizes(layout, n));
     ByteView ctrl, diff, lit;
+    Bytes* bufs[3] = {&ctrl_buf_, &diff_buf_, &lit_buf_};
+    ByteView* views[3] = {&ctrl, &diff, &lit};
+    // Streams decoded ahead (StartPrefetch) while the segment before was rebuilt.
+    const bool prefetched = ready_.status.ok() && ready_.payload_offset == PayloadStart();
+    ready_.payload_offset = kNoPrefetch;
     // The diff stream decodes on a second thread while this one decodes the other two, when both
     // sides have enough to do (LZMA2 decodes at ~50-100 MB/s: it is most of an apply's time).
     const bool coded_diff = layout.codec[kDiffStream] != StreamCodec::kStored;
     const size_t others =
         layout.encoded[kControlStream].size() + layout.encoded[kLiteralStream].size();
-    if (coded_diff && layout.encoded[kDiffStream].size() >= kParallelDecodeMin &&
-        others >= kParallelDecodeMin) {
+    if (prefetched) {
+      for (int i = 0; i < 3; ++i) {
+        if (ready_.decoded[i]) {
+          std::swap(*bufs[i], ready_.bufs[i]);
+          *views[i] = *bufs[i];
+        } else {
+          *views[i] = layout.encoded[i];
+        }
+      }
+    } else if (coded_diff && layout.encoded[kDiffStream].size() >= kParallelDecodeMin &&
+               others >= kParallelDecodeMin) {
       if (diff_dctx_ == nullptr) diff_dctx_ = ZSTD_createDCtx();
       Status diff_status;
       std::thread t([&] {
@@ -545,8 +650,6 @@ class PatchApplier::Impl {
       DS_RETURN_IF_ERROR(s);
       DS_RETURN_IF_ERROR(diff_status);
     } else {
-      Bytes* bufs[3] = {&ctrl_buf_, &diff_buf_, &lit_buf_};
-      ByteView* views[3] = {&ctrl, &diff, &lit};
       for (int i = 0; i < 3; ++i) {
         DS_RETURN_IF_ERROR(DecodeStream(layout, i, dctx(), &form_buf_[i], bufs[i], views[i]));
       }
@@ -793,7 +896,20 @@ class PatchApplier::Impl {
   SegmentHeader seg_;
   uint32_t seg_crc_ = 0, seg_stored_crc_ = 0;
   Bytes head_, payload_, output_, ctrl_buf_, diff_buf_, lit_buf_, ref_buf_;
-  Bytes form_buf_[3];               // Zero-run forms of the three copydiff streams.
+  Bytes form_buf_[3];  // Zero-run forms of the three copydiff streams.
+  // Streams of a later segment decoded ahead (StartPrefetch): in flight, and ready for use.
+  static constexpr uint64_t kNoPrefetch = UINT64_MAX;
+  static constexpr uint64_t kPrefetchMaxOutput = 4 << 20;
+  struct StreamSet {
+    uint64_t payload_offset = kNoPrefetch;  // Patch offset of the segment's payload.
+    Status status;
+    bool decoded[3] = {false, false, false};  // Stream i is in bufs[i] (else stored as it is).
+    Bytes bufs[3], forms[3];
+    std::thread thread;
+    ZSTD_DCtx* dctx = nullptr;
+    ZSTD_DCtx* diff_dctx = nullptr;
+  };
+  StreamSet pf_, ready_;
   ZSTD_DCtx* diff_dctx_ = nullptr;  // The diff stream's, when decoded on a second thread.
   static constexpr size_t kParallelDecodeMin = 16 << 10;
   // Filtered blocks of the old file (transformed segments): 64 x 64 KiB at most.

@@ -258,6 +258,53 @@ TEST(PatchApplierTest, WrongBaseHash) {
   }
 }
 
+TEST(PatchApplierTest, CorruptStreamsOfALaterSegmentFailTheSameWhateverTheSplit) {
+  // Segment k+1's streams are decoded ahead while segment k is rebuilt when the caller's bytes
+  // hold it whole. Streams that do not decode (under a valid checksum, so the look-ahead does
+  // decode them) must fail with the same error, after the same segments, as without look-ahead.
+  const Bytes old_bytes = RandomBytes(3 << 20, 31);
+  Bytes neu = old_bytes;
+  // Enough changes that the patch stays multi-segment (small patches become one segment).
+  const Bytes noise = RandomBytes(neu.size() / 29 + 1, 32);
+  for (size_t i = 0; i < neu.size(); i += 29) neu[i] = noise[i / 29];
+  GenerateOptions opt;
+  opt.segment_size = 512 << 10;
+  opt.try_zstd_ref = false;
+  Result<Bytes> patch = GeneratePatch(old_bytes, neu, opt);
+  ASSERT_TRUE(patch.ok());
+  testing::RawPatch raw = testing::SplitPatch(*patch);
+  ASSERT_GE(raw.segments.size(), 4u);
+  const ByteView good(*patch);
+  // The last bytes of segment 3's payload (its literal or diff stream) scrambled.
+  Bytes& payload = raw.segments[2].payload;
+  for (size_t i = payload.size() - 8; i < payload.size(); ++i) payload[i] ^= 0x5C;
+  const Bytes bad = testing::JoinPatch(raw);
+  ErrorCode codes[2];
+  uint64_t done[2];
+  int k = 0;
+  for (size_t step : {bad.size(), size_t{4096}}) {
+    MemoryOldSource src(old_bytes);
+    VectorSink sink;
+    PatchApplier applier(&src, &sink);
+    Status s;
+    for (size_t pos = 0; pos < bad.size() && s.ok(); pos += step) {
+      s = applier.Write(ByteView(bad).subspan(pos, std::min(step, bad.size() - pos)));
+    }
+    if (s.ok()) s = applier.Finish();
+    codes[k] = CodeOf(s);
+    done[k] = applier.segments_done();
+    EXPECT_NE(codes[k], ErrorCode::kOk) << "step " << step;
+    EXPECT_EQ(done[k], 2u) << "step " << step;
+    EXPECT_TRUE(std::equal(sink.bytes.begin(), sink.bytes.end(), neu.begin()));
+    ++k;
+  }
+  EXPECT_EQ(codes[0], codes[1]);
+  // The intact patch applies, whole.
+  Result<Bytes> out = ApplyPatch(old_bytes, good);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_TRUE(*out == neu);
+}
+
 TEST(PatchApplierTest, WrongBaseHashCheckedBesideTheFirstSegment) {
   // Above 1 MiB the old file is hashed on a second thread while the first segment is rebuilt:
   // still nothing reaches the sink, whether the patch arrives whole or a byte at a time.
