@@ -475,7 +475,7 @@ class PatchApplier::Impl {
       }
       output_ = std::move(stream).value();
     } else {
-      ApplyBranchFilter(seg_.transform, header_.new_regions, seg_.new_offset, output_, false);
+      UnfilterOutput();
     }
     if (Crc32c(output_) != seg_.output_crc32c) {
       return Error(ErrorCode::kPatchOutputMismatch, where + " rebuilt bytes fail their checksum");
@@ -516,6 +516,23 @@ class PatchApplier::Impl {
     }
     *out = decoded;
     return Status::Ok();
+  }
+
+  // Undoes the segment's branch transform on output_. Filter blocks are independent (the scan
+  // restarts at each), so a large segment is split at a block boundary and done on two threads.
+  void UnfilterOutput() {
+    const uint64_t start = seg_.new_offset;
+    const uint64_t mid = (start + output_.size() / 2) / kFilterBlockSize * kFilterBlockSize;
+    if (output_.size() < kParallelUnfilterMin || mid <= start) {
+      ApplyBranchFilter(seg_.transform, header_.new_regions, start, output_, false);
+      return;
+    }
+    const std::span<uint8_t> all(output_);
+    std::thread t([&] {
+      ApplyBranchFilter(seg_.transform, header_.new_regions, start, all.first(mid - start), false);
+    });
+    ApplyBranchFilter(seg_.transform, header_.new_regions, mid, all.subspan(mid - start), false);
+    t.join();
   }
 
   // Each control entry yields at least one byte and takes at most three 10-byte varints.
@@ -912,6 +929,7 @@ class PatchApplier::Impl {
   StreamSet pf_, ready_;
   ZSTD_DCtx* diff_dctx_ = nullptr;  // The diff stream's, when decoded on a second thread.
   static constexpr size_t kParallelDecodeMin = 16 << 10;
+  static constexpr size_t kParallelUnfilterMin = 512 << 10;
   // Filtered blocks of the old file (transformed segments): 64 x 64 KiB at most.
   static constexpr size_t kFilteredBlockSlots = 64;
   struct FilteredBlock {

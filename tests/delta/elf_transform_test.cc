@@ -223,12 +223,13 @@ struct Builds {
 
 // Compiles both versions with |compiler| (as C) into |dir|.
 Builds CompileTwoVersions(const testing::TempDir& dir, const std::string& flags,
-                          const std::string& compiler = "g++ -x c", bool freestanding = false) {
+                          const std::string& compiler = "g++ -x c", bool freestanding = false,
+                          int functions = 500) {
   Builds b;
   for (int v = 0; v < 2; ++v) {
     const std::string src = dir.Join("prog" + std::to_string(v) + ".c");
     const std::string bin = dir.Join("prog" + std::to_string(v));
-    testing::WriteFileOrDie(src, AsBytes(ProgramSource(v, 500, freestanding)));
+    testing::WriteFileOrDie(src, AsBytes(ProgramSource(v, functions, freestanding)));
     const std::string cmd =
         compiler + " " + flags + " -o " + bin + " " + src + " 2>" + dir.Join("cc.log");
     if (std::system(cmd.c_str()) != 0) return b;
@@ -357,6 +358,29 @@ TEST(CompiledElfTest, FileApplyStreamsWithTransform) {
   bad[bad.size() - 3] ^= 0x40;
   testing::WriteFileOrDie(dir.Join("bad"), bad);
   EXPECT_FALSE(ApplyPatchFile(dir.Join("old"), dir.Join("bad"), dir.Join("new2")).ok());
+}
+
+TEST(CompiledElfTest, LargeTransformedSegmentsApply) {
+  // Segments of more than 512 KiB of code: the applier undoes the filter on two threads, split
+  // at a filter block boundary. The result must be the new binary, byte for byte.
+  testing::TempDir dir;
+  const Builds b = CompileTwoVersions(dir, "-O0", "g++ -x c", false, 6000);
+  ASSERT_TRUE(b.ok);
+  GenerateOptions opt;
+  opt.try_zstd_ref = false;
+  Result<Bytes> tr = GeneratePatch(b.old_bin, b.new_bin, opt);
+  ASSERT_TRUE(tr.ok());
+  Result<PatchInfo> info = InspectPatch(*tr);
+  ASSERT_TRUE(info.ok());
+  uint64_t large = 0;
+  for (const SegmentInfo& seg : info->segments) {
+    large += seg.header.transform == Transform::kX86Branch && seg.header.new_length > (1u << 19);
+  }
+  ASSERT_GT(large, 0u) << "no transformed segment above 512 KiB; binary " << b.new_bin.size();
+  testing::WriteFileOrDie(dir.Join("old"), b.old_bin);
+  testing::WriteFileOrDie(dir.Join("patch"), *tr);
+  ASSERT_TRUE(ApplyPatchFile(dir.Join("old"), dir.Join("patch"), dir.Join("new")).ok());
+  EXPECT_TRUE(testing::ReadFileOrDie(dir.Join("new")) == b.new_bin);
 }
 
 // AArch64, cross-compiled with clang and lld when they are installed (skipped otherwise).
