@@ -187,6 +187,91 @@ Status DecodeLzmaRef(ByteView src, Bytes* ref, uint64_t new_length, std::span<ui
   return Status::Ok();
 }
 
+// Each control entry yields at least one byte and takes at most three 10-byte varints.
+Status CheckStreamSizes(const CopyDiffLayout& layout, uint64_t n) {
+  if (layout.raw_len[kDiffStream] > n || layout.raw_len[kLiteralStream] > n ||
+      layout.raw_len[kControlStream] > 30 * n) {
+    return Error(ErrorCode::kPatchMalformed, "copydiff streams larger than their segment");
+  }
+  return Status::Ok();
+}
+
+// True when stream |i| of |layout| needs decoding (else it is used as it stands in the payload).
+bool NeedsDecoding(const CopyDiffLayout& layout, int i) {
+  return layout.codec[i] != StreamCodec::kStored || layout.zero_run[i];
+}
+
+// Decodes the three streams of a copydiff payload into buffers of its own.
+class StreamDecoder {
+ public:
+  StreamDecoder() = default;
+  StreamDecoder(const StreamDecoder&) = delete;
+  StreamDecoder& operator=(const StreamDecoder&) = delete;
+  ~StreamDecoder() {
+    ZSTD_freeDCtx(dctx_[0]);
+    ZSTD_freeDCtx(dctx_[1]);
+  }
+
+  // Fills views[i] with stream i: decoded here, or the payload's bytes when stored as they are.
+  // The diff stream decodes on a second thread while this one decodes the other two, when both
+  // sides have enough to do (LZMA2 decodes at ~50-100 MB/s: it is most of an apply's time).
+  Status Decode(const CopyDiffLayout& layout, ByteView views[3]) {
+    const size_t others =
+        layout.encoded[kControlStream].size() + layout.encoded[kLiteralStream].size();
+    if (!NeedsDecoding(layout, kDiffStream) ||
+        layout.encoded[kDiffStream].size() < kParallelDecodeMin || others < kParallelDecodeMin) {
+      for (int i = 0; i < 3; ++i) DS_RETURN_IF_ERROR(DecodeOne(layout, i, 0, &views[i]));
+      return Status::Ok();
+    }
+    Status diff_status;
+    std::thread t([&] { diff_status = DecodeOne(layout, kDiffStream, 1, &views[kDiffStream]); });
+    Status s = DecodeOne(layout, kControlStream, 0, &views[kControlStream]);
+    if (s.ok()) s = DecodeOne(layout, kLiteralStream, 0, &views[kLiteralStream]);
+    t.join();
+    DS_RETURN_IF_ERROR(s);
+    return diff_status;
+  }
+
+  // Views of streams decoded earlier by Decode of the same layout.
+  void Views(const CopyDiffLayout& layout, ByteView views[3]) const {
+    for (int i = 0; i < 3; ++i) views[i] = NeedsDecoding(layout, i) ? bufs_[i] : layout.encoded[i];
+  }
+
+  void Swap(StreamDecoder& other) {
+    for (int i = 0; i < 3; ++i) std::swap(bufs_[i], other.bufs_[i]);
+  }
+
+ private:
+  static constexpr size_t kParallelDecodeMin = 16 << 10;
+
+  // Stream |i| (into bufs_[i] when compressed, through forms_[i] when in zero-run form), zstd
+  // frames with dctx_[ctx].
+  Status DecodeOne(const CopyDiffLayout& layout, int i, int ctx, ByteView* out) {
+    ByteView decoded = layout.encoded[i];
+    Bytes* target = layout.zero_run[i] ? &forms_[i] : &bufs_[i];
+    if (layout.codec[i] != StreamCodec::kStored) {
+      target->resize(layout.zero_run[i] ? layout.form_len[i] : layout.raw_len[i]);
+      if (layout.codec[i] == StreamCodec::kZstd) {
+        if (dctx_[ctx] == nullptr) dctx_[ctx] = ZSTD_createDCtx();
+        DS_RETURN_IF_ERROR(DecodeZstd(dctx_[ctx], layout.encoded[i], {}, *target));
+      } else {
+        DS_RETURN_IF_ERROR(DecodeLzma2(layout.encoded[i], *target));
+      }
+      decoded = *target;
+    }
+    if (layout.zero_run[i]) {
+      bufs_[i].resize(layout.raw_len[i]);
+      DS_RETURN_IF_ERROR(ZeroRunDecode(decoded, bufs_[i]));
+      decoded = bufs_[i];
+    }
+    *out = decoded;
+    return Status::Ok();
+  }
+
+  Bytes bufs_[3], forms_[3];
+  ZSTD_DCtx* dctx_[2] = {nullptr, nullptr};  // One per decoding thread.
+};
+
 }  // namespace
 
 class PatchApplier::Impl {
@@ -197,10 +282,7 @@ class PatchApplier::Impl {
     if (old_hash_thread_.joinable()) old_hash_thread_.join();
     AwaitNewHash();
     DropPrefetch();
-    ZSTD_freeDCtx(pf_.dctx);
-    ZSTD_freeDCtx(pf_.diff_dctx);
     ZSTD_freeDCtx(dctx_);
-    ZSTD_freeDCtx(diff_dctx_);
   }
 
   Status Write(ByteView data) {
@@ -494,30 +576,6 @@ class PatchApplier::Impl {
     return dctx_;
   }
 
-  // Returns a view of stream |i| decoded (into |storage| when compressed, through |form| when in
-  // zero-run form), zstd frames with |zctx|.
-  static Status DecodeStream(const CopyDiffLayout& layout, int i, ZSTD_DCtx* zctx, Bytes* form,
-                             Bytes* storage, ByteView* out) {
-    ByteView decoded = layout.encoded[i];
-    Bytes* target = layout.zero_run[i] ? form : storage;
-    if (layout.codec[i] != StreamCodec::kStored) {
-      target->resize(layout.zero_run[i] ? layout.form_len[i] : layout.raw_len[i]);
-      if (layout.codec[i] == StreamCodec::kZstd) {
-        DS_RETURN_IF_ERROR(DecodeZstd(zctx, layout.encoded[i], {}, *target));
-      } else {
-        DS_RETURN_IF_ERROR(DecodeLzma2(layout.encoded[i], *target));
-      }
-      decoded = *target;
-    }
-    if (layout.zero_run[i]) {
-      storage->resize(layout.raw_len[i]);
-      DS_RETURN_IF_ERROR(ZeroRunDecode(decoded, *storage));
-      decoded = *storage;
-    }
-    *out = decoded;
-    return Status::Ok();
-  }
-
   // Undoes the segment's branch transform on output_. Filter blocks are independent (the scan
   // restarts at each), so a large segment is split at a block boundary and done on two threads.
   void UnfilterOutput() {
@@ -533,15 +591,6 @@ class PatchApplier::Impl {
     });
     ApplyBranchFilter(seg_.transform, header_.new_regions, mid, all.subspan(mid - start), false);
     t.join();
-  }
-
-  // Each control entry yields at least one byte and takes at most three 10-byte varints.
-  static Status CheckStreamSizes(const CopyDiffLayout& layout, uint64_t n) {
-    if (layout.raw_len[kDiffStream] > n || layout.raw_len[kLiteralStream] > n ||
-        layout.raw_len[kControlStream] > 30 * n) {
-      return Error(ErrorCode::kPatchMalformed, "copydiff streams larger than their segment");
-    }
-    return Status::Ok();
   }
 
   // Patch offset of the current segment's payload. REQUIRES: the payload is complete.
@@ -567,61 +616,31 @@ class PatchApplier::Impl {
     }
     const ByteView payload = rest.subspan(consumed, h.payload_length);
     if (Crc32c(payload, crc) != stored) return;
-    if (pf_.dctx == nullptr) pf_.dctx = ZSTD_createDCtx();
     pf_.payload_offset = rest_offset + consumed;
     pf_.thread = std::thread([this, payload, n = h.new_length] {
       CopyDiffLayout layout;
-      Status st = ParseCopyDiffPayload(payload, &layout);
-      if (st.ok()) st = CheckStreamSizes(layout, n);
-      if (!st.ok()) {
-        pf_.status = st;
-        return;
-      }
-      for (int i = 0; i < 3; ++i) {
-        pf_.decoded[i] = layout.codec[i] != StreamCodec::kStored || layout.zero_run[i];
-      }
-      // The diff stream on a thread of its own, as DecodeCopyDiff does.
-      auto decode = [&](int i, ZSTD_DCtx* z) {
-        ByteView unused;
-        return pf_.decoded[i] ? DecodeStream(layout, i, z, &pf_.forms[i], &pf_.bufs[i], &unused)
-                              : Status::Ok();
-      };
-      Status diff_status;
-      std::thread diff_thread;
-      if (layout.encoded[kDiffStream].size() >= kParallelDecodeMin) {
-        if (pf_.diff_dctx == nullptr) pf_.diff_dctx = ZSTD_createDCtx();
-        diff_thread = std::thread([&] { diff_status = decode(kDiffStream, pf_.diff_dctx); });
-      } else {
-        diff_status = decode(kDiffStream, pf_.dctx);
-      }
-      st = decode(kControlStream, pf_.dctx);
-      if (st.ok()) st = decode(kLiteralStream, pf_.dctx);
-      if (diff_thread.joinable()) diff_thread.join();
-      pf_.status = st.ok() ? diff_status : st;
+      ByteView views[3];
+      pf_.status = ParseCopyDiffPayload(payload, &layout);
+      if (pf_.status.ok()) pf_.status = CheckStreamSizes(layout, n);
+      if (pf_.status.ok()) pf_.status = pf_.streams.Decode(layout, views);
     });
   }
 
-  // Makes the prefetched streams of the payload at |payload_start| ready for DecodeCopyDiff.
+  // Hands the prefetched streams of the payload at |payload_start| to DecodeCopyDiff.
   void TakePrefetch(uint64_t payload_start) {
     if (!pf_.thread.joinable()) return;
     pf_.thread.join();
-    if (pf_.payload_offset != payload_start) {
-      pf_.payload_offset = kNoPrefetch;
-      return;
+    if (pf_.payload_offset == payload_start && pf_.status.ok()) {
+      streams_.Swap(pf_.streams);
+      ready_offset_ = payload_start;
     }
-    for (int i = 0; i < 3; ++i) {
-      std::swap(ready_.bufs[i], pf_.bufs[i]);
-      ready_.decoded[i] = pf_.decoded[i];
-    }
-    ready_.status = pf_.status;
-    ready_.payload_offset = pf_.payload_offset;
     pf_.payload_offset = kNoPrefetch;
   }
 
   void DropPrefetch() {
     if (pf_.thread.joinable()) pf_.thread.join();
     pf_.payload_offset = kNoPrefetch;
-    ready_.payload_offset = kNoPrefetch;
+    ready_offset_ = kNoPrefetch;
   }
 
   Status DecodeCopyDiff() {
@@ -629,48 +648,15 @@ class PatchApplier::Impl {
     DS_RETURN_IF_ERROR(ParseCopyDiffPayload(payload_, &layout));
     const uint64_t n = method_length_;
     DS_RETURN_IF_ERROR(CheckStreamSizes(layout, n));
-    ByteView ctrl, diff, lit;
-    Bytes* bufs[3] = {&ctrl_buf_, &diff_buf_, &lit_buf_};
-    ByteView* views[3] = {&ctrl, &diff, &lit};
-    // Streams decoded ahead (StartPrefetch) while the segment before was rebuilt.
-    const bool prefetched = ready_.status.ok() && ready_.payload_offset == PayloadStart();
-    ready_.payload_offset = kNoPrefetch;
-    // The diff stream decodes on a second thread while this one decodes the other two, when both
-    // sides have enough to do (LZMA2 decodes at ~50-100 MB/s: it is most of an apply's time).
-    const bool coded_diff = layout.codec[kDiffStream] != StreamCodec::kStored;
-    const size_t others =
-        layout.encoded[kControlStream].size() + layout.encoded[kLiteralStream].size();
-    if (prefetched) {
-      for (int i = 0; i < 3; ++i) {
-        if (ready_.decoded[i]) {
-          std::swap(*bufs[i], ready_.bufs[i]);
-          *views[i] = *bufs[i];
-        } else {
-          *views[i] = layout.encoded[i];
-        }
-      }
-    } else if (coded_diff && layout.encoded[kDiffStream].size() >= kParallelDecodeMin &&
-               others >= kParallelDecodeMin) {
-      if (diff_dctx_ == nullptr) diff_dctx_ = ZSTD_createDCtx();
-      Status diff_status;
-      std::thread t([&] {
-        diff_status = DecodeStream(layout, kDiffStream, diff_dctx_, &form_buf_[kDiffStream],
-                                   &diff_buf_, &diff);
-      });
-      Status s = DecodeStream(layout, kControlStream, dctx(), &form_buf_[kControlStream],
-                              &ctrl_buf_, &ctrl);
-      if (s.ok()) {
-        s = DecodeStream(layout, kLiteralStream, dctx(), &form_buf_[kLiteralStream], &lit_buf_,
-                         &lit);
-      }
-      t.join();
-      DS_RETURN_IF_ERROR(s);
-      DS_RETURN_IF_ERROR(diff_status);
+    ByteView views[3];
+    if (ready_offset_ == PayloadStart()) {
+      streams_.Views(layout, views);  // Decoded ahead while the segment before was rebuilt.
     } else {
-      for (int i = 0; i < 3; ++i) {
-        DS_RETURN_IF_ERROR(DecodeStream(layout, i, dctx(), &form_buf_[i], bufs[i], views[i]));
-      }
+      DS_RETURN_IF_ERROR(streams_.Decode(layout, views));
     }
+    ready_offset_ = kNoPrefetch;
+    const ByteView ctrl = views[kControlStream], diff = views[kDiffStream],
+                   lit = views[kLiteralStream];
 
     ByteReader cr(ctrl);
     uint64_t out_pos = 0, diff_pos = 0, lit_pos = 0;
@@ -912,23 +898,20 @@ class PatchApplier::Impl {
   FileHeader header_;
   SegmentHeader seg_;
   uint32_t seg_crc_ = 0, seg_stored_crc_ = 0;
-  Bytes head_, payload_, output_, ctrl_buf_, diff_buf_, lit_buf_, ref_buf_;
-  Bytes form_buf_[3];  // Zero-run forms of the three copydiff streams.
-  // Streams of a later segment decoded ahead (StartPrefetch): in flight, and ready for use.
+  Bytes head_, payload_, output_, ref_buf_;
+  StreamDecoder streams_;  // The current copydiff segment's streams.
+  // A later segment's streams decoded ahead (StartPrefetch), and the payload offset of the
+  // segment whose streams streams_ already holds (TakePrefetch).
   static constexpr uint64_t kNoPrefetch = UINT64_MAX;
   static constexpr uint64_t kPrefetchMaxOutput = 4 << 20;
-  struct StreamSet {
+  struct Prefetch {
     uint64_t payload_offset = kNoPrefetch;  // Patch offset of the segment's payload.
     Status status;
-    bool decoded[3] = {false, false, false};  // Stream i is in bufs[i] (else stored as it is).
-    Bytes bufs[3], forms[3];
+    StreamDecoder streams;
     std::thread thread;
-    ZSTD_DCtx* dctx = nullptr;
-    ZSTD_DCtx* diff_dctx = nullptr;
   };
-  StreamSet pf_, ready_;
-  ZSTD_DCtx* diff_dctx_ = nullptr;  // The diff stream's, when decoded on a second thread.
-  static constexpr size_t kParallelDecodeMin = 16 << 10;
+  Prefetch pf_;
+  uint64_t ready_offset_ = kNoPrefetch;
   static constexpr size_t kParallelUnfilterMin = 512 << 10;
   // Filtered blocks of the old file (transformed segments): 64 x 64 KiB at most.
   static constexpr size_t kFilteredBlockSlots = 64;
