@@ -10,6 +10,7 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <thread>
 #include <unordered_map>
@@ -522,7 +523,10 @@ class PatchApplier::Impl {
     if (recompress) DS_RETURN_IF_ERROR(LoadOldDecoded().WithContext(where));
     // A recompression segment's method produces the new decoded form; any other the new bytes.
     method_length_ = recompress ? seg_.decoded_length : seg_.new_length;
-    output_.resize(method_length_);
+    // (A reference segment rebuilt ahead brings its own buffer.)
+    if (ready_offset_ != PayloadStart() || seg_.method == Method::kCopyDiff) {
+      output_.resize(method_length_);
+    }
     Status s;
     switch (seg_.method) {
       case Method::kStored:
@@ -596,50 +600,131 @@ class PatchApplier::Impl {
   // Patch offset of the current segment's payload. REQUIRES: the payload is complete.
   uint64_t PayloadStart() const { return patch_offset_ - payload_.size(); }
 
-  // Starts decoding the streams of the segment after the current one on a second thread, when
-  // |rest| (the caller's bytes from patch offset |rest_offset| on) holds it whole: a patch read
-  // from a file arrives in 1 MiB pieces, so the next segment's LZMA2 streams (most of an apply's
-  // time) decode while this one is rebuilt. Only copydiff segments (not recompression ones) of up
-  // to kPrefetchMaxOutput; a segment the main path refuses is decoded by it (and refused) as if
-  // nothing had been prefetched.
+  // Starts decoding the next kPrefetchDepth segments after the current one, each on a thread of
+  // its own, when |rest| (the caller's bytes from patch offset |rest_offset| on) holds them whole:
+  // a patch read from a file arrives in 1 MiB pieces, so later segments' LZMA2 streams (most of an
+  // apply's time) decode while this one is rebuilt, and both cores stay busy even when one
+  // segment's streams are lopsided. Copydiff segments get their streams decoded, reference
+  // segments of an untransformed range their output (when the old file takes concurrent reads);
+  // not recompression segments, and no more than ApplyLimits::lookahead_memory in all. A segment
+  // the main path refuses is decoded by it (and refused) as if nothing had been prefetched.
   void StartPrefetch(ByteView rest, uint64_t rest_offset) {
-    if (pf_.thread.joinable()) return;
-    SegmentHeader h;
-    size_t consumed = 0;
-    uint32_t crc = 0, stored = 0;
-    if (!ParseSegmentHeader(rest, &h, &consumed, &crc, &stored).ok() || consumed == 0) return;
-    if (h.method != Method::kCopyDiff || IsRecompressTransform(h.transform) || h.new_length == 0 ||
-        h.new_length > std::min(header_.max_segment_output, kPrefetchMaxOutput) ||
-        h.payload_length > header_.max_segment_payload ||
-        h.payload_length > rest.size() - consumed) {
-      return;
+    size_t pos = 0;
+    for (size_t ahead = 0; ahead < kPrefetchDepth; ++ahead) {
+      SegmentHeader h;
+      size_t consumed = 0;
+      uint32_t crc = 0, stored = 0;
+      const ByteView at = rest.subspan(pos);
+      if (!ParseSegmentHeader(at, &h, &consumed, &crc, &stored).ok() || consumed == 0) return;
+      if (h.payload_length > header_.max_segment_payload ||
+          h.payload_length > at.size() - consumed) {
+        return;
+      }
+      const uint64_t payload_offset = rest_offset + pos + consumed;
+      const ByteView payload = at.subspan(consumed, h.payload_length);
+      pos += consumed + h.payload_length;
+      if (h.new_length == 0 || h.new_length > header_.max_segment_output ||
+          IsRecompressTransform(h.transform)) {
+        continue;
+      }
+      const uint64_t memory = PrefetchMemory(h, payload);
+      if (memory == 0) continue;
+      Prefetch* free_slot = nullptr;
+      bool started = false;
+      uint64_t in_flight = 0;
+      for (Prefetch& pf : pf_) {
+        if (pf.payload_offset == payload_offset) started = true;
+        if (pf.payload_offset == kNoPrefetch && free_slot == nullptr) free_slot = &pf;
+        if (pf.payload_offset != kNoPrefetch) in_flight += pf.memory;
+      }
+      if (started) continue;
+      if (free_slot == nullptr || in_flight + memory > limits_.lookahead_memory) return;
+      if (Crc32c(payload, crc) != stored) continue;
+      Prefetch& pf = *free_slot;
+      pf.payload_offset = payload_offset;
+      pf.memory = memory;
+      pf.method = h.method;
+      if (h.method == Method::kCopyDiff) {
+        pf.thread = std::thread([&pf, payload, n = h.new_length] {
+          CopyDiffLayout layout;
+          ByteView views[3];
+          pf.status = ParseCopyDiffPayload(payload, &layout);
+          if (pf.status.ok()) pf.status = CheckStreamSizes(layout, n);
+          if (pf.status.ok()) pf.status = pf.streams.Decode(layout, views);
+        });
+      } else {
+        pf.thread = std::thread([this, &pf, payload, h] { pf.status = PrefetchRef(h, payload, &pf.out); });
+      }
     }
-    const ByteView payload = rest.subspan(consumed, h.payload_length);
-    if (Crc32c(payload, crc) != stored) return;
-    pf_.payload_offset = rest_offset + consumed;
-    pf_.thread = std::thread([this, payload, n = h.new_length] {
-      CopyDiffLayout layout;
-      ByteView views[3];
-      pf_.status = ParseCopyDiffPayload(payload, &layout);
-      if (pf_.status.ok()) pf_.status = CheckStreamSizes(layout, n);
-      if (pf_.status.ok()) pf_.status = pf_.streams.Decode(layout, views);
-    });
   }
 
-  // Hands the prefetched streams of the payload at |payload_start| to DecodeCopyDiff.
-  void TakePrefetch(uint64_t payload_start) {
-    if (!pf_.thread.joinable()) return;
-    pf_.thread.join();
-    if (pf_.payload_offset == payload_start && pf_.status.ok()) {
-      streams_.Swap(pf_.streams);
-      ready_offset_ = payload_start;
+  // The memory a prefetch of the segment with header |h| holds (0: not prefetched).
+  uint64_t PrefetchMemory(const SegmentHeader& h, ByteView payload) const {
+    if (h.method == Method::kCopyDiff) {
+      return h.new_length <= kPrefetchMaxOutput ? 2 * h.new_length : 0;
     }
-    pf_.payload_offset = kNoPrefetch;
+    if ((h.method != Method::kLzmaRef && h.method != Method::kZstdRef) ||
+        h.transform != Transform::kNone || !old_->concurrent_reads()) {
+      return 0;
+    }
+    ZstdRefLayout layout;
+    if (!ParseZstdRefPayload(payload, &layout).ok() || layout.ref_length > header_.max_ref_window) {
+      return 0;
+    }
+    // The reference, the output, and LZMA2's dictionary holding both.
+    return h.method == Method::kZstdRef
+               ? layout.ref_length + h.new_length
+               : layout.ref_length + LzmaRefDictSize(layout.ref_length, h.new_length) +
+                     h.new_length;
+  }
+
+  // Rebuilds a reference segment of an untransformed range into |out| (see DecodeRef).
+  Status PrefetchRef(const SegmentHeader& h, ByteView payload, Bytes* out) const {
+    ZstdRefLayout layout;
+    DS_RETURN_IF_ERROR(ParseZstdRefPayload(payload, &layout));
+    uint64_t end;
+    if (!CheckedAddU64(layout.ref_offset, layout.ref_length, &end) || end > old_->size()) {
+      return Error(ErrorCode::kPatchMalformed, "reference window out of range");
+    }
+    Bytes ref(layout.ref_length);
+    DS_RETURN_IF_ERROR(old_->ReadAt(layout.ref_offset, ref));
+    out->resize(h.new_length);
+    if (h.method == Method::kLzmaRef) {
+      return DecodeLzmaRef(layout.frame, &ref, h.new_length, *out);
+    }
+    ZSTD_DCtx* dctx = ZSTD_createDCtx();
+    if (dctx == nullptr) return Error(ErrorCode::kResourceLimit, "cannot start the zstd decoder");
+    Status s = DecodeZstd(dctx, layout.frame, ref, *out);
+    ZSTD_freeDCtx(dctx);
+    return s;
+  }
+
+  // Hands what was prefetched for the payload at |payload_start| to the segment's method;
+  // prefetches of earlier payloads (none, unless a segment failed) are dropped, later ones run on.
+  void TakePrefetch(uint64_t payload_start) {
+    for (Prefetch& pf : pf_) {
+      if (pf.payload_offset == kNoPrefetch || pf.payload_offset > payload_start) continue;
+      pf.thread.join();
+      if (pf.payload_offset == payload_start && pf.status.ok()) {
+        if (pf.method == Method::kCopyDiff) {
+          streams_.Swap(pf.streams);
+        } else {
+          std::swap(ref_out_, pf.out);
+        }
+        ready_offset_ = payload_start;
+      }
+      Bytes().swap(pf.out);
+      pf.payload_offset = kNoPrefetch;
+    }
   }
 
   void DropPrefetch() {
-    if (pf_.thread.joinable()) pf_.thread.join();
-    pf_.payload_offset = kNoPrefetch;
+    for (Prefetch& pf : pf_) {
+      if (pf.thread.joinable()) pf.thread.join();
+      Bytes().swap(pf.out);
+      pf.payload_offset = kNoPrefetch;
+    }
+    Bytes().swap(ref_out_);
     ready_offset_ = kNoPrefetch;
   }
 
@@ -722,6 +807,13 @@ class PatchApplier::Impl {
         !CheckedAddU64(layout.ref_offset, layout.ref_length, &end) || end > OldSize()) {
       return Error(ErrorCode::kPatchMalformed, "reference window out of range");
     }
+    if (ready_offset_ == PayloadStart() && ref_out_.size() == method_length_) {
+      std::swap(output_, ref_out_);  // Rebuilt ahead while the segment before was.
+      Bytes().swap(ref_out_);
+      ready_offset_ = kNoPrefetch;
+      return Status::Ok();
+    }
+    output_.resize(method_length_);
     ref_buf_.resize(layout.ref_length);
     DS_RETURN_IF_ERROR(ReadOld(layout.ref_offset, ref_buf_));
     if (seg_.method == Method::kZstdRef) return DecodeZstd(dctx(), layout.frame, ref_buf_, output_);
@@ -900,18 +992,23 @@ class PatchApplier::Impl {
   uint32_t seg_crc_ = 0, seg_stored_crc_ = 0;
   Bytes head_, payload_, output_, ref_buf_;
   StreamDecoder streams_;  // The current copydiff segment's streams.
-  // A later segment's streams decoded ahead (StartPrefetch), and the payload offset of the
+  // Later segments' streams decoded ahead (StartPrefetch), and the payload offset of the
   // segment whose streams streams_ already holds (TakePrefetch).
   static constexpr uint64_t kNoPrefetch = UINT64_MAX;
   static constexpr uint64_t kPrefetchMaxOutput = 4 << 20;
+  static constexpr size_t kPrefetchDepth = 2;
   struct Prefetch {
     uint64_t payload_offset = kNoPrefetch;  // Patch offset of the segment's payload.
+    uint64_t memory = 0;                    // What it holds (PrefetchMemory).
+    Method method = Method::kStored;
     Status status;
-    StreamDecoder streams;
+    StreamDecoder streams;  // A copydiff segment's streams.
+    Bytes out;              // A reference segment's output.
     std::thread thread;
   };
-  Prefetch pf_;
+  std::array<Prefetch, kPrefetchDepth> pf_;
   uint64_t ready_offset_ = kNoPrefetch;
+  Bytes ref_out_;  // A reference segment's output rebuilt ahead (TakePrefetch).
   static constexpr size_t kParallelUnfilterMin = 512 << 10;
   // Filtered blocks of the old file (transformed segments): 64 x 64 KiB at most.
   static constexpr size_t kFilteredBlockSlots = 64;

@@ -103,6 +103,9 @@ struct ApplyLimits {
   // Hash the whole old file before the first segment (kPatchWrongBase on mismatch). Leave on
   // unless the caller has verified the old file's SHA-256 itself.
   bool verify_old_hash = true;
+  // Most memory the applier spends on rebuilding later segments ahead (on other threads) while
+  // the current one is rebuilt; 0 turns the look-ahead off.
+  uint64_t lookahead_memory = 32ull << 20;
 };
 
 // Where a PatchApplier stood between two segments: enough for a later applier of the same patch,

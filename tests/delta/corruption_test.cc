@@ -305,6 +305,63 @@ TEST(PatchApplierTest, CorruptStreamsOfALaterSegmentFailTheSameWhateverTheSplit)
   EXPECT_TRUE(*out == neu);
 }
 
+TEST(PatchApplierTest, ReferenceSegmentsRebuiltAheadFailTheSameWhateverTheSplit) {
+  // Reference segments (an old window as dictionary) of an untransformed range are rebuilt ahead,
+  // on other threads, when the caller's bytes hold them whole. A stream that does not decode must
+  // fail as it does without look-ahead, and the intact patch gives the same bytes whether it
+  // arrives whole, in pieces, or with the look-ahead turned off.
+  const Bytes old_bytes = testing::TextBytes(768 << 10, 41);
+  Bytes neu = testing::TextBytes(768 << 10, 42);  // Same words, other sentences: all references.
+  GenerateOptions opt;
+  opt.segment_size = 96 << 10;
+  opt.whole_file_limit = 0;
+  opt.segment_ref_window = 256 << 10;
+  Result<Bytes> patch = GeneratePatch(old_bytes, neu, opt);
+  ASSERT_TRUE(patch.ok());
+  RawPatch raw = testing::SplitPatch(*patch);
+  ASSERT_GE(raw.segments.size(), 6u);
+  for (size_t i = 0; i < 4; ++i) {
+    const Method m = raw.segments[i].header.method;
+    ASSERT_TRUE(m == Method::kLzmaRef || m == Method::kZstdRef) << "segment " << i + 1;
+  }
+  auto apply = [&](ByteView p, size_t step, uint64_t lookahead, uint64_t* done) {
+    MemoryOldSource src(old_bytes);
+    VectorSink sink;
+    ApplyLimits limits;
+    limits.lookahead_memory = lookahead;
+    PatchApplier applier(&src, &sink, limits);
+    Status s;
+    for (size_t pos = 0; pos < p.size() && s.ok(); pos += step) {
+      s = applier.Write(p.subspan(pos, std::min(step, p.size() - pos)));
+    }
+    if (s.ok()) s = applier.Finish();
+    *done = applier.segments_done();
+    return std::make_pair(CodeOf(s), std::move(sink.bytes));
+  };
+  const uint64_t kOn = ApplyLimits{}.lookahead_memory;
+  for (size_t step : {patch->size(), size_t{4096}, size_t{1}}) {
+    for (uint64_t lookahead : {kOn, uint64_t{0}}) {
+      uint64_t done = 0;
+      auto [code, bytes] = apply(*patch, step, lookahead, &done);
+      EXPECT_EQ(code, ErrorCode::kOk) << "step " << step << " lookahead " << lookahead;
+      EXPECT_TRUE(bytes == neu) << "step " << step << " lookahead " << lookahead;
+    }
+  }
+  // The end of segment 3's frame scrambled (the checksum recomputed, so the look-ahead decodes it).
+  Bytes& payload = raw.segments[2].payload;
+  for (size_t i = payload.size() - 8; i < payload.size(); ++i) payload[i] ^= 0x5C;
+  const Bytes bad = testing::JoinPatch(raw);
+  for (size_t step : {bad.size(), size_t{4096}}) {
+    for (uint64_t lookahead : {kOn, uint64_t{0}}) {
+      uint64_t done = 0;
+      auto [code, bytes] = apply(bad, step, lookahead, &done);
+      EXPECT_EQ(code, ErrorCode::kPatchDecompress) << "step " << step << " lookahead " << lookahead;
+      EXPECT_EQ(done, 2u) << "step " << step << " lookahead " << lookahead;
+      EXPECT_TRUE(std::equal(bytes.begin(), bytes.end(), neu.begin()));
+    }
+  }
+}
+
 TEST(PatchApplierTest, WrongBaseHashCheckedBesideTheFirstSegment) {
   // Above 1 MiB the old file is hashed on a second thread while the first segment is rebuilt:
   // still nothing reaches the sink, whether the patch arrives whole or a byte at a time.
