@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <thread>
 #include <unordered_map>
 
@@ -197,10 +199,14 @@ Status CheckStreamSizes(const CopyDiffLayout& layout, uint64_t n) {
   return Status::Ok();
 }
 
-// True when stream |i| of |layout| needs decoding (else it is used as it stands in the payload).
-bool NeedsDecoding(const CopyDiffLayout& layout, int i) {
-  return layout.codec[i] != StreamCodec::kStored || layout.zero_run[i];
-}
+// A copydiff segment's streams, decoded. The diff stream may stay in zero-run form (checked):
+// the copies then skip its zeros instead of adding them.
+struct StreamViews {
+  ByteView ctrl, lit;
+  ByteView diff;  // The diff stream, or its zero-run form when diff_form.
+  bool diff_form = false;
+  uint64_t diff_len = 0;  // The diff stream's length (raw_len).
+};
 
 // Decodes the three streams of a copydiff payload into buffers of its own.
 class StreamDecoder {
@@ -213,40 +219,34 @@ class StreamDecoder {
     ZSTD_freeDCtx(dctx_[1]);
   }
 
-  // Fills views[i] with stream i: decoded here, or the payload's bytes when stored as they are.
-  // The diff stream decodes on a second thread while this one decodes the other two, when both
-  // sides have enough to do (LZMA2 decodes at ~50-100 MB/s: it is most of an apply's time).
-  Status Decode(const CopyDiffLayout& layout, ByteView views[3]) {
+  // Decodes the streams (or takes them from the payload when stored as they are). The diff
+  // stream decodes on a second thread while this one decodes the other two, when both sides have
+  // enough to do (LZMA2 decodes at ~50-100 MB/s: it is most of a plain apply's time).
+  Status Decode(const CopyDiffLayout& layout, StreamViews* out) {
+    out->diff_len = layout.raw_len[kDiffStream];
+    out->diff_form = layout.zero_run[kDiffStream];
     const size_t others =
         layout.encoded[kControlStream].size() + layout.encoded[kLiteralStream].size();
-    if (!NeedsDecoding(layout, kDiffStream) ||
-        layout.encoded[kDiffStream].size() < kParallelDecodeMin || others < kParallelDecodeMin) {
-      for (int i = 0; i < 3; ++i) DS_RETURN_IF_ERROR(DecodeOne(layout, i, 0, &views[i]));
-      return Status::Ok();
-    }
     Status diff_status;
-    std::thread t([&] { diff_status = DecodeOne(layout, kDiffStream, 1, &views[kDiffStream]); });
-    Status s = DecodeOne(layout, kControlStream, 0, &views[kControlStream]);
-    if (s.ok()) s = DecodeOne(layout, kLiteralStream, 0, &views[kLiteralStream]);
-    t.join();
+    std::thread t;
+    if (layout.codec[kDiffStream] == StreamCodec::kStored ||
+        layout.encoded[kDiffStream].size() < kParallelDecodeMin || others < kParallelDecodeMin) {
+      DS_RETURN_IF_ERROR(DecodeOne(layout, kDiffStream, 0, &out->diff));
+    } else {
+      t = std::thread([&] { diff_status = DecodeOne(layout, kDiffStream, 1, &out->diff); });
+    }
+    Status s = DecodeOne(layout, kControlStream, 0, &out->ctrl);
+    if (s.ok()) s = DecodeOne(layout, kLiteralStream, 0, &out->lit);
+    if (t.joinable()) t.join();
     DS_RETURN_IF_ERROR(s);
     return diff_status;
-  }
-
-  // Views of streams decoded earlier by Decode of the same layout.
-  void Views(const CopyDiffLayout& layout, ByteView views[3]) const {
-    for (int i = 0; i < 3; ++i) views[i] = NeedsDecoding(layout, i) ? bufs_[i] : layout.encoded[i];
-  }
-
-  void Swap(StreamDecoder& other) {
-    for (int i = 0; i < 3; ++i) std::swap(bufs_[i], other.bufs_[i]);
   }
 
  private:
   static constexpr size_t kParallelDecodeMin = 16 << 10;
 
-  // Stream |i| (into bufs_[i] when compressed, through forms_[i] when in zero-run form), zstd
-  // frames with dctx_[ctx].
+  // Stream |i| (into bufs_[i] when compressed, through forms_[i] when in zero-run form; the diff
+  // stream's form is only checked, not expanded), zstd frames with dctx_[ctx].
   Status DecodeOne(const CopyDiffLayout& layout, int i, int ctx, ByteView* out) {
     ByteView decoded = layout.encoded[i];
     Bytes* target = layout.zero_run[i] ? &forms_[i] : &bufs_[i];
@@ -260,7 +260,9 @@ class StreamDecoder {
       }
       decoded = *target;
     }
-    if (layout.zero_run[i]) {
+    if (layout.zero_run[i] && i == kDiffStream) {
+      DS_RETURN_IF_ERROR(ZeroRunCheck(decoded, layout.raw_len[i]));
+    } else if (layout.zero_run[i]) {
       bufs_[i].resize(layout.raw_len[i]);
       DS_RETURN_IF_ERROR(ZeroRunDecode(decoded, bufs_[i]));
       decoded = bufs_[i];
@@ -273,12 +275,339 @@ class StreamDecoder {
   ZSTD_DCtx* dctx_[2] = {nullptr, nullptr};  // One per decoding thread.
 };
 
+// Adds the diff stream to the copies' bytes piece by piece, in order: the stream as it is, or
+// its zero-run form (checked whole by ZeroRunCheck first), whose zeros are skipped.
+class DiffAdder {
+ public:
+  explicit DiffAdder(const StreamViews& v) : data_(v.diff), form_(v.diff_form) {}
+
+  // dst[0, n) += the next n bytes of the stream. REQUIRES: that many are left.
+  void Add(uint8_t* dst, uint64_t n) {
+    if (!form_) {
+      AddBytes(dst, data_.data() + pos_, n);
+      pos_ += n;
+      return;
+    }
+    while (n > 0) {
+      if (zeros_ == 0 && count_ == 0) NextPair();
+      const uint64_t z = std::min(zeros_, n);
+      dst += z;
+      n -= z;
+      zeros_ -= z;
+      const uint64_t c = std::min(count_, n);
+      AddBytes(dst, data_.data() + pos_, c);
+      pos_ += c;
+      dst += c;
+      n -= c;
+      count_ -= c;
+    }
+  }
+
+ private:
+  // The form was checked: a pair is there, and its bytes.
+  void NextPair() {
+    ByteReader r(data_.subspan(pos_));
+    r.ReadVarint(&zeros_);
+    r.ReadVarint(&count_);
+    pos_ = data_.size() - r.remaining();
+  }
+
+  ByteView data_;
+  bool form_;
+  size_t pos_ = 0;                  // In data_.
+  uint64_t zeros_ = 0, count_ = 0;  // Left of the current pair.
+};
+
+// Filtered blocks of the old file and their sync points, shared by the rebuilders of segments
+// being rebuilt at once (neighbouring segments copy from the same old areas): a block is filtered
+// once however many segments need it, while it stays among the kSlots used last. A rebuilder pins
+// the few blocks it works in; a pinned slot is never refilled, so its bytes are read unlocked. The
+// slots' buffers are allocated once (blocks freed and allocated by different threads would spread
+// over the allocator's per-thread arenas).
+class FilterCache {
+ public:
+  static constexpr size_t kSlots = 96;            // 64 KiB each: 6 MiB.
+  static constexpr size_t kMaxSyncBlocks = 4096;  // 256 B each: 1 MiB.
+  using Sync = std::shared_ptr<const std::vector<uint32_t>>;
+
+  // The slot holding block |start| filtered by |t|, pinned; -1 when none does.
+  int Find(uint64_t start, Transform t) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      Slot& s = slots_[i];
+      if (s.ready && s.start == start && s.transform == t) {
+        s.used = ++clock_;
+        ++s.pins;
+        return static_cast<int>(i);
+      }
+    }
+    return -1;
+  }
+  // The least recently used unpinned slot, pinned and emptied, for the caller to fill (data())
+  // and Publish. REQUIRES: fewer than kSlots pins held.
+  int Claim() {
+    std::lock_guard<std::mutex> lock(mu_);
+    Slot* victim = nullptr;
+    for (Slot& s : slots_) {
+      if (s.pins == 0 && (victim == nullptr || s.used < victim->used)) victim = &s;
+    }
+    victim->ready = false;
+    victim->pins = 1;
+    victim->used = ++clock_;
+    return static_cast<int>(victim - slots_.data());
+  }
+  void Publish(int i, uint64_t start, Transform t) {
+    std::lock_guard<std::mutex> lock(mu_);
+    slots_[i].start = start;
+    slots_[i].transform = t;
+    slots_[i].ready = true;
+  }
+  void Release(int i) {
+    std::lock_guard<std::mutex> lock(mu_);
+    --slots_[i].pins;
+  }
+  // A pinned slot's bytes.
+  Bytes& data(int i) { return slots_[i].data; }
+
+  Sync GetSync(uint64_t start, Transform t) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sync_.find(start);
+    return it != sync_.end() && it->second.first == t ? it->second.second : nullptr;
+  }
+  void PutSync(uint64_t start, Transform t, Sync points) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sync_.size() >= kMaxSyncBlocks) sync_.clear();
+    sync_.insert_or_assign(start, std::make_pair(t, std::move(points)));
+  }
+
+ private:
+  struct Slot {
+    uint64_t start = UINT64_MAX;
+    Transform transform = Transform::kNone;
+    bool ready = false;
+    int pins = 0;
+    uint64_t used = 0;
+    Bytes data;
+  };
+  std::mutex mu_;
+  std::vector<Slot> slots_ = std::vector<Slot>(kSlots);
+  uint64_t clock_ = 0;
+  std::unordered_map<uint64_t, std::pair<Transform, Sync>> sync_;  // By block start.
+};
+
+// Rebuilds a segment's bytes from the old file: the old file as the segment's transform sees it
+// (as it is; branch-filtered, through a small cache of filtered blocks; or a recompression
+// segment's decoded old stream), a copydiff segment's streams, and its copy loop. The applier has
+// one for the segment at hand and one per look-ahead slot, so that later segments are rebuilt on
+// other threads; each keeps its own caches (the old source takes concurrent reads).
+class SegmentRebuilder {
+ public:
+  // |old_regions| and |map| (the header's transform tables) must outlive the rebuilder and not
+  // change while it works.
+  SegmentRebuilder(const OldSource* old, const std::vector<CodeRegion>* old_regions,
+                   const TargetMap* map, FilterCache* cache)
+      : old_(old), old_regions_(old_regions), map_(map), reader_(old), cache_(cache) {}
+  SegmentRebuilder(const SegmentRebuilder&) = delete;
+  SegmentRebuilder& operator=(const SegmentRebuilder&) = delete;
+  ~SegmentRebuilder() {
+    for (const PinnedBlock& p : pins_) {
+      if (p.slot >= 0) cache_->Release(p.slot);
+    }
+  }
+
+  StreamDecoder& streams() { return streams_; }
+
+  // Parses and decodes the copydiff |payload| and rebuilds its |out.size()| bytes (still
+  // transformed if |t| is a transform). |decoded_old|: the old stream's decoded form for a
+  // recompression segment.
+  Status CopyDiff(ByteView payload, Transform t, ByteView decoded_old, std::span<uint8_t> out) {
+    CopyDiffLayout layout;
+    DS_RETURN_IF_ERROR(ParseCopyDiffPayload(payload, &layout));
+    DS_RETURN_IF_ERROR(CheckStreamSizes(layout, out.size()));
+    StreamViews views;
+    DS_RETURN_IF_ERROR(streams_.Decode(layout, &views));
+    return Copies(views, t, decoded_old, out);
+  }
+
+  // Rebuilds |out| from streams already decoded.
+  Status Copies(const StreamViews& views, Transform t, ByteView decoded_old,
+                std::span<uint8_t> out) {
+    const ByteView ctrl = views.ctrl, lit = views.lit;
+    const uint64_t diff_len = views.diff_len;
+    DiffAdder diff(views);
+    const uint64_t n = out.size();
+    ByteReader cr(ctrl);
+    uint64_t out_pos = 0, diff_pos = 0, lit_pos = 0;
+    const uint64_t old_size = IsRecompressTransform(t) ? decoded_old.size() : old_->size();
+    // Where the last two copies ended, in old and in this segment's output (docs/FORMAT.md).
+    CopyAnchor last, before_last;
+    while (!cr.empty()) {
+      uint64_t where, copy_len, lit_len;
+      if (!cr.ReadVarint(&where) || !cr.ReadVarint(&copy_len) || !cr.ReadVarint(&lit_len)) {
+        return Error(ErrorCode::kPatchMalformed, "control stream truncated");
+      }
+      if (copy_len == 0 && lit_len == 0) {
+        return Error(ErrorCode::kPatchMalformed, "empty control entry");
+      }
+      if (copy_len == 0 && where != 0) {
+        return Error(ErrorCode::kPatchMalformed, "copy position without a copy");
+      }
+      uint64_t seg_end;
+      if (copy_len > n || lit_len > n || !CheckedAddU64(out_pos, copy_len + lit_len, &seg_end) ||
+          seg_end > n) {
+        return Error(ErrorCode::kPatchMalformed, "control entry overruns its segment");
+      }
+      if (copy_len > diff_len - diff_pos || lit_len > lit.size() - lit_pos) {
+        return Error(ErrorCode::kPatchMalformed, "control entry overruns a data stream");
+      }
+      if (copy_len > 0) {
+        const int64_t base = ResolveCopyBase(where, last, before_last, out_pos);
+        const int64_t delta = DecodeCopyDelta(where);
+        int64_t old_pos;
+        uint64_t old_end;
+        if (__builtin_add_overflow(base, delta, &old_pos) || old_pos < 0 ||
+            !CheckedAddU64(static_cast<uint64_t>(old_pos), copy_len, &old_end) ||
+            old_end > old_size) {
+          return Error(ErrorCode::kPatchMalformed, "copy reads outside the old file");
+        }
+        uint8_t* dst = out.data() + out_pos;
+        DS_RETURN_IF_ERROR(ReadOld(t, decoded_old, old_pos, std::span<uint8_t>(dst, copy_len)));
+        diff.Add(dst, copy_len);
+        out_pos += copy_len;
+        diff_pos += copy_len;
+        before_last = last;
+        last = CopyAnchor{static_cast<int64_t>(old_end), out_pos};
+      }
+      if (lit_len > 0) {
+        std::memcpy(out.data() + out_pos, lit.data() + lit_pos, lit_len);
+        out_pos += lit_len;
+        lit_pos += lit_len;
+      }
+    }
+    if (out_pos != n || diff_pos != diff_len || lit_pos != lit.size()) {
+      return Error(ErrorCode::kPatchMalformed, "copydiff streams do not add up to the segment");
+    }
+    return Status::Ok();
+  }
+
+  // Reads the old file as a segment with transform |t| sees it. REQUIRES: in range.
+  Status ReadOld(Transform t, ByteView decoded_old, uint64_t pos, std::span<uint8_t> out) {
+    if (t == Transform::kNone) return reader_.Read(pos, out);
+    if (IsRecompressTransform(t)) {
+      if (!out.empty()) std::memcpy(out.data(), decoded_old.data() + pos, out.size());
+      return Status::Ok();
+    }
+    // Transformed: whole filter blocks, filtered, kept in the shared cache (copies alternate
+    // between a few old areas; refiltering a block on every switch is slow) and pinned here
+    // while used. A short copy from elsewhere (a jump: not the block the copies walk through, nor
+    // the next one, nor the last jump's) from a block nobody filtered filters only what it needs:
+    // the scan from the block's last sync point before it only finds instruction boundaries
+    // (fast), and only its own branches are translated.
+    while (!out.empty()) {
+      const uint64_t block = pos / kFilterBlockSize;
+      const uint64_t start = block * kFilterBlockSize;
+      int slot = Pinned(start, t);
+      if (slot < 0 && (slot = cache_->Find(start, t)) >= 0) Pin(start, t, slot);
+      const bool walk = block == walk_block_ || block == walk_block_ + 1 || block == jump_block_;
+      if (slot < 0 && !walk && out.size() < kFilterBlockSize / 4) {
+        jump_block_ = block;
+        const uint64_t block_end = std::min<uint64_t>(start + kFilterBlockSize, old_->size());
+        const uint64_t need_end = pos + out.size();  // Inside the block: out is short.
+        if (need_end <= block_end) {
+          // The scan starts at the block's last sync point at least kSyncSlack bytes before.
+          uint64_t from = start;
+          if (pos >= start + kSyncSlack) {
+            FilterCache::Sync sync;
+            DS_RETURN_IF_ERROR(SyncPoints(t, start, block_end, &sync));
+            from = start + (*sync)[(pos - kSyncSlack - start) / kSyncStep];
+          }
+          jump_buf_.resize(std::min(block_end, need_end + kFilterLookahead) - from);
+          DS_RETURN_IF_ERROR(old_->ReadAt(from, jump_buf_));
+          ApplyBranchFilter(t, *old_regions_, from, jump_buf_, true, map_, pos);
+          std::memcpy(out.data(), jump_buf_.data() + (pos - from), out.size());
+          return Status::Ok();
+        }
+      }
+      if (walk) walk_block_ = block;
+      if (slot < 0) {
+        slot = cache_->Claim();
+        Bytes& fresh = cache_->data(slot);
+        fresh.resize(std::min<uint64_t>(kFilterBlockSize, old_->size() - start));
+        if (Status read = old_->ReadAt(start, fresh); !read.ok()) {
+          cache_->Release(slot);
+          return read;
+        }
+        ApplyBranchFilter(t, *old_regions_, start, fresh, true, map_);
+        cache_->Publish(slot, start, t);
+        Pin(start, t, slot);
+      }
+      const Bytes& data = cache_->data(slot);
+      const size_t off = static_cast<size_t>(pos - start);
+      const size_t n = std::min<size_t>(out.size(), data.size() - off);
+      std::memcpy(out.data(), data.data() + off, n);
+      out = out.subspan(n);
+      pos += n;
+    }
+    return Status::Ok();
+  }
+
+ private:
+  // The sync points of the old filter block [start, end) (ScanSyncPoints), kept in the shared
+  // cache for later jumps into it.
+  Status SyncPoints(Transform t, uint64_t start, uint64_t end, FilterCache::Sync* out) {
+    *out = cache_->GetSync(start, t);
+    if (*out != nullptr) return Status::Ok();
+    jump_buf_.resize(end - start);
+    DS_RETURN_IF_ERROR(old_->ReadAt(start, jump_buf_));
+    *out = std::make_shared<const std::vector<uint32_t>>(
+        ScanSyncPoints(t, *old_regions_, start, jump_buf_));
+    cache_->PutSync(start, t, *out);
+    return Status::Ok();
+  }
+
+  // The slots of the few blocks this rebuilder used last, held without asking the shared cache
+  // (-1: none).
+  int Pinned(uint64_t start, Transform t) const {
+    for (const PinnedBlock& p : pins_) {
+      if (p.slot >= 0 && p.start == start && p.transform == t) return p.slot;
+    }
+    return -1;
+  }
+  // Pins |slot| (already pinned for this rebuilder by Find or Claim), releasing the oldest pin.
+  void Pin(uint64_t start, Transform t, int slot) {
+    PinnedBlock& p = pins_[next_pin_];
+    if (p.slot >= 0) cache_->Release(p.slot);
+    p = PinnedBlock{start, t, slot};
+    next_pin_ = (next_pin_ + 1) % pins_.size();
+  }
+
+  const OldSource* old_;
+  const std::vector<CodeRegion>* old_regions_;
+  const TargetMap* map_;
+  OldWindowReader reader_;
+  StreamDecoder streams_;
+  FilterCache* cache_;
+  struct PinnedBlock {
+    uint64_t start = UINT64_MAX;
+    Transform transform = Transform::kNone;
+    int slot = -1;
+  };
+  std::array<PinnedBlock, 4> pins_;
+  size_t next_pin_ = 0;
+  // The filter block the copies walk through, and the last short jump's (see ReadOld).
+  uint64_t walk_block_ = UINT64_MAX - 1, jump_block_ = UINT64_MAX;
+  Bytes jump_buf_;
+};
+
 }  // namespace
 
 class PatchApplier::Impl {
  public:
   Impl(const OldSource* old, OutputSink* out, ApplyLimits limits)
-      : old_(old), out_(out), limits_(limits), old_reader_(old) {}
+      : old_(old),
+        out_(out),
+        limits_(limits),
+        rb_(old, &header_.old_regions, &target_map_, &filter_cache_) {}
   ~Impl() {
     if (old_hash_thread_.joinable()) old_hash_thread_.join();
     AwaitNewHash();
@@ -520,13 +849,31 @@ class PatchApplier::Impl {
       return Error(ErrorCode::kPatchChecksum, where + " checksum mismatch");
     }
     const bool recompress = IsRecompressTransform(seg_.transform);
+    if (ready_offset_ == PayloadStart() && !recompress && ready_out_.size() == seg_.new_length) {
+      std::swap(output_, ready_out_);  // Rebuilt (and unfiltered) ahead, on another thread.
+      ready_offset_ = kNoPrefetch;
+    } else {
+      DS_RETURN_IF_ERROR(RebuildSegment(where, recompress));
+    }
+    if (Crc32c(output_) != seg_.output_crc32c) {
+      return Error(ErrorCode::kPatchOutputMismatch, where + " rebuilt bytes fail their checksum");
+    }
+    DS_RETURN_IF_ERROR(AwaitOldHash());
+    DS_RETURN_IF_ERROR(out_->Write(output_));
+    HashNew();
+    output_bytes_ += seg_.new_length;
+    ++segments_done_;
+    state_ = segments_done_ == header_.segment_count ? State::kDone : State::kSegmentHeader;
+    return Status::Ok();
+  }
+
+  // The current segment's bytes into output_, by its method and transform.
+  Status RebuildSegment(const std::string& where, bool recompress) {
+    ready_offset_ = kNoPrefetch;
     if (recompress) DS_RETURN_IF_ERROR(LoadOldDecoded().WithContext(where));
     // A recompression segment's method produces the new decoded form; any other the new bytes.
     method_length_ = recompress ? seg_.decoded_length : seg_.new_length;
-    // (A reference segment rebuilt ahead brings its own buffer.)
-    if (ready_offset_ != PayloadStart() || seg_.method == Method::kCopyDiff) {
-      output_.resize(method_length_);
-    }
+    output_.resize(method_length_);
     Status s;
     switch (seg_.method) {
       case Method::kStored:
@@ -537,7 +884,7 @@ class PatchApplier::Impl {
         }
         break;
       case Method::kCopyDiff:
-        s = DecodeCopyDiff();
+        s = rb_.CopyDiff(payload_, seg_.transform, old_decoded_, output_);
         break;
       case Method::kZstdRef:
       case Method::kLzmaRef:
@@ -561,17 +908,8 @@ class PatchApplier::Impl {
       }
       output_ = std::move(stream).value();
     } else {
-      UnfilterOutput();
+      Unfilter(seg_.transform, header_.new_regions, seg_.new_offset, output_);
     }
-    if (Crc32c(output_) != seg_.output_crc32c) {
-      return Error(ErrorCode::kPatchOutputMismatch, where + " rebuilt bytes fail their checksum");
-    }
-    DS_RETURN_IF_ERROR(AwaitOldHash());
-    DS_RETURN_IF_ERROR(out_->Write(output_));
-    HashNew();
-    output_bytes_ += seg_.new_length;
-    ++segments_done_;
-    state_ = segments_done_ == header_.segment_count ? State::kDone : State::kSegmentHeader;
     return Status::Ok();
   }
 
@@ -580,35 +918,36 @@ class PatchApplier::Impl {
     return dctx_;
   }
 
-  // Undoes the segment's branch transform on output_. Filter blocks are independent (the scan
-  // restarts at each), so a large segment is split at a block boundary and done on two threads.
-  void UnfilterOutput() {
-    const uint64_t start = seg_.new_offset;
-    const uint64_t mid = (start + output_.size() / 2) / kFilterBlockSize * kFilterBlockSize;
-    if (output_.size() < kParallelUnfilterMin || mid <= start) {
-      ApplyBranchFilter(seg_.transform, header_.new_regions, start, output_, false);
+  // Undoes branch transform |t| on |out|, the new bytes from |start| on. Filter blocks are
+  // independent (the scan restarts at each), so a large segment is split at a block boundary and
+  // done on two threads.
+  static void Unfilter(Transform t, const std::vector<CodeRegion>& regions, uint64_t start,
+                       std::span<uint8_t> out) {
+    if (t != Transform::kX86Branch && t != Transform::kArm64Branch) return;
+    const uint64_t mid = (start + out.size() / 2) / kFilterBlockSize * kFilterBlockSize;
+    if (out.size() < kParallelUnfilterMin || mid <= start) {
+      ApplyBranchFilter(t, regions, start, out, false);
       return;
     }
-    const std::span<uint8_t> all(output_);
-    std::thread t([&] {
-      ApplyBranchFilter(seg_.transform, header_.new_regions, start, all.first(mid - start), false);
-    });
-    ApplyBranchFilter(seg_.transform, header_.new_regions, mid, all.subspan(mid - start), false);
-    t.join();
+    std::thread th([&] { ApplyBranchFilter(t, regions, start, out.first(mid - start), false); });
+    ApplyBranchFilter(t, regions, mid, out.subspan(mid - start), false);
+    th.join();
   }
 
   // Patch offset of the current segment's payload. REQUIRES: the payload is complete.
   uint64_t PayloadStart() const { return patch_offset_ - payload_.size(); }
 
-  // Starts decoding the next kPrefetchDepth segments after the current one, each on a thread of
+  // Starts rebuilding the next kPrefetchDepth segments after the current one, each on a thread of
   // its own, when |rest| (the caller's bytes from patch offset |rest_offset| on) holds them whole:
-  // a patch read from a file arrives in 1 MiB pieces, so later segments' LZMA2 streams (most of an
-  // apply's time) decode while this one is rebuilt, and both cores stay busy even when one
-  // segment's streams are lopsided. Copydiff segments get their streams decoded, reference
-  // segments of an untransformed range their output (when the old file takes concurrent reads);
-  // not recompression segments, and no more than ApplyLimits::lookahead_memory in all. A segment
-  // the main path refuses is decoded by it (and refused) as if nothing had been prefetched.
+  // a patch read from a file arrives in 1 MiB pieces, so later segments' streams are decoded (LZMA2
+  // is most of a plain apply's time), their copies made from the old file (filtering it is most of
+  // a transformed one's) and their transform undone while this one is finished, and both cores
+  // stay busy. Copydiff and reference segments, when the old file takes concurrent reads; not
+  // recompression segments, and no more than ApplyLimits::lookahead_memory in all. A segment that
+  // fails ahead is rebuilt again by the main path, which reports the failure as if nothing had
+  // been rebuilt ahead.
   void StartPrefetch(ByteView rest, uint64_t rest_offset) {
+    if (!old_->concurrent_reads()) return;
     size_t pos = 0;
     for (size_t ahead = 0; ahead < kPrefetchDepth; ++ahead) {
       SegmentHeader h;
@@ -623,10 +962,6 @@ class PatchApplier::Impl {
       const uint64_t payload_offset = rest_offset + pos + consumed;
       const ByteView payload = at.subspan(consumed, h.payload_length);
       pos += consumed + h.payload_length;
-      if (h.new_length == 0 || h.new_length > header_.max_segment_output ||
-          IsRecompressTransform(h.transform)) {
-        continue;
-      }
       const uint64_t memory = PrefetchMemory(h, payload);
       if (memory == 0) continue;
       Prefetch* free_slot = nullptr;
@@ -643,43 +978,50 @@ class PatchApplier::Impl {
       Prefetch& pf = *free_slot;
       pf.payload_offset = payload_offset;
       pf.memory = memory;
-      pf.method = h.method;
-      if (h.method == Method::kCopyDiff) {
-        pf.thread = std::thread([&pf, payload, n = h.new_length] {
-          CopyDiffLayout layout;
-          ByteView views[3];
-          pf.status = ParseCopyDiffPayload(payload, &layout);
-          if (pf.status.ok()) pf.status = CheckStreamSizes(layout, n);
-          if (pf.status.ok()) pf.status = pf.streams.Decode(layout, views);
-        });
-      } else {
-        pf.thread = std::thread([this, &pf, payload, h] { pf.status = PrefetchRef(h, payload, &pf.out); });
+      if (pf.rb == nullptr) {
+        pf.rb = std::make_unique<SegmentRebuilder>(old_, &header_.old_regions, &target_map_,
+                                                   &filter_cache_);
       }
+      pf.thread = std::thread([this, &pf, payload, h] {
+        pf.out.resize(h.new_length);
+        pf.status = h.method == Method::kCopyDiff
+                        ? pf.rb->CopyDiff(payload, h.transform, {}, pf.out)
+                        : PrefetchRef(h, payload, pf.rb.get(), pf.out);
+        if (pf.status.ok()) Unfilter(h.transform, header_.new_regions, h.new_offset, pf.out);
+      });
     }
   }
 
-  // The memory a prefetch of the segment with header |h| holds (0: not prefetched).
+  // The memory a look-ahead of the segment with header |h| holds (0: not rebuilt ahead): its
+  // streams and output, the filtered blocks of a transformed one; the reference, the output
+  // and LZMA2's dictionary holding both for a reference segment.
   uint64_t PrefetchMemory(const SegmentHeader& h, ByteView payload) const {
-    if (h.method == Method::kCopyDiff) {
-      return h.new_length <= kPrefetchMaxOutput ? 2 * h.new_length : 0;
-    }
-    if ((h.method != Method::kLzmaRef && h.method != Method::kZstdRef) ||
-        h.transform != Transform::kNone || !old_->concurrent_reads()) {
+    if (h.new_length == 0 || h.new_length > header_.max_segment_output ||
+        IsRecompressTransform(h.transform)) {
       return 0;
     }
+    const bool branch =
+        h.transform == Transform::kX86Branch || h.transform == Transform::kArm64Branch;
+    if (branch && !(header_.flags & kFlagCodeRegions)) return 0;
+    const uint64_t filter_cache = branch ? 4 * kFilterBlockSize : 0;  // Its pins.
+    if (h.method == Method::kCopyDiff) {
+      return h.new_length <= kPrefetchMaxOutput ? 3 * h.new_length + filter_cache : 0;
+    }
+    if (h.method != Method::kLzmaRef && h.method != Method::kZstdRef) return 0;
     ZstdRefLayout layout;
     if (!ParseZstdRefPayload(payload, &layout).ok() || layout.ref_length > header_.max_ref_window) {
       return 0;
     }
-    // The reference, the output, and LZMA2's dictionary holding both.
-    return h.method == Method::kZstdRef
-               ? layout.ref_length + h.new_length
-               : layout.ref_length + LzmaRefDictSize(layout.ref_length, h.new_length) +
-                     h.new_length;
+    return filter_cache +
+           (h.method == Method::kZstdRef
+                ? layout.ref_length + h.new_length
+                : layout.ref_length + LzmaRefDictSize(layout.ref_length, h.new_length) +
+                      h.new_length);
   }
 
-  // Rebuilds a reference segment of an untransformed range into |out| (see DecodeRef).
-  Status PrefetchRef(const SegmentHeader& h, ByteView payload, Bytes* out) const {
+  // Rebuilds a reference segment (not a recompression one) into |out| (see DecodeRef).
+  Status PrefetchRef(const SegmentHeader& h, ByteView payload, SegmentRebuilder* rb,
+                     std::span<uint8_t> out) const {
     ZstdRefLayout layout;
     DS_RETURN_IF_ERROR(ParseZstdRefPayload(payload, &layout));
     uint64_t end;
@@ -687,33 +1029,25 @@ class PatchApplier::Impl {
       return Error(ErrorCode::kPatchMalformed, "reference window out of range");
     }
     Bytes ref(layout.ref_length);
-    DS_RETURN_IF_ERROR(old_->ReadAt(layout.ref_offset, ref));
-    out->resize(h.new_length);
-    if (h.method == Method::kLzmaRef) {
-      return DecodeLzmaRef(layout.frame, &ref, h.new_length, *out);
-    }
+    DS_RETURN_IF_ERROR(rb->ReadOld(h.transform, {}, layout.ref_offset, ref));
+    if (h.method == Method::kLzmaRef) return DecodeLzmaRef(layout.frame, &ref, h.new_length, out);
     ZSTD_DCtx* dctx = ZSTD_createDCtx();
     if (dctx == nullptr) return Error(ErrorCode::kResourceLimit, "cannot start the zstd decoder");
-    Status s = DecodeZstd(dctx, layout.frame, ref, *out);
+    Status s = DecodeZstd(dctx, layout.frame, ref, out);
     ZSTD_freeDCtx(dctx);
     return s;
   }
 
-  // Hands what was prefetched for the payload at |payload_start| to the segment's method;
-  // prefetches of earlier payloads (none, unless a segment failed) are dropped, later ones run on.
+  // Hands the output rebuilt ahead for the payload at |payload_start| to FinishSegment; look-
+  // aheads of earlier payloads (none, unless a segment failed) are dropped, later ones run on.
   void TakePrefetch(uint64_t payload_start) {
     for (Prefetch& pf : pf_) {
       if (pf.payload_offset == kNoPrefetch || pf.payload_offset > payload_start) continue;
       pf.thread.join();
       if (pf.payload_offset == payload_start && pf.status.ok()) {
-        if (pf.method == Method::kCopyDiff) {
-          streams_.Swap(pf.streams);
-        } else {
-          std::swap(ref_out_, pf.out);
-        }
+        std::swap(ready_out_, pf.out);
         ready_offset_ = payload_start;
       }
-      Bytes().swap(pf.out);
       pf.payload_offset = kNoPrefetch;
     }
   }
@@ -721,80 +1055,9 @@ class PatchApplier::Impl {
   void DropPrefetch() {
     for (Prefetch& pf : pf_) {
       if (pf.thread.joinable()) pf.thread.join();
-      Bytes().swap(pf.out);
       pf.payload_offset = kNoPrefetch;
     }
-    Bytes().swap(ref_out_);
     ready_offset_ = kNoPrefetch;
-  }
-
-  Status DecodeCopyDiff() {
-    CopyDiffLayout layout;
-    DS_RETURN_IF_ERROR(ParseCopyDiffPayload(payload_, &layout));
-    const uint64_t n = method_length_;
-    DS_RETURN_IF_ERROR(CheckStreamSizes(layout, n));
-    ByteView views[3];
-    if (ready_offset_ == PayloadStart()) {
-      streams_.Views(layout, views);  // Decoded ahead while the segment before was rebuilt.
-    } else {
-      DS_RETURN_IF_ERROR(streams_.Decode(layout, views));
-    }
-    ready_offset_ = kNoPrefetch;
-    const ByteView ctrl = views[kControlStream], diff = views[kDiffStream],
-                   lit = views[kLiteralStream];
-
-    ByteReader cr(ctrl);
-    uint64_t out_pos = 0, diff_pos = 0, lit_pos = 0;
-    const uint64_t old_size = OldSize();
-    // Where the last two copies ended, in old and in this segment's output (docs/FORMAT.md).
-    CopyAnchor last, before_last;
-    while (!cr.empty()) {
-      uint64_t where, copy_len, lit_len;
-      if (!cr.ReadVarint(&where) || !cr.ReadVarint(&copy_len) || !cr.ReadVarint(&lit_len)) {
-        return Error(ErrorCode::kPatchMalformed, "control stream truncated");
-      }
-      if (copy_len == 0 && lit_len == 0) {
-        return Error(ErrorCode::kPatchMalformed, "empty control entry");
-      }
-      if (copy_len == 0 && where != 0) {
-        return Error(ErrorCode::kPatchMalformed, "copy position without a copy");
-      }
-      uint64_t seg_end;
-      if (copy_len > n || lit_len > n || !CheckedAddU64(out_pos, copy_len + lit_len, &seg_end) ||
-          seg_end > n) {
-        return Error(ErrorCode::kPatchMalformed, "control entry overruns its segment");
-      }
-      if (copy_len > diff.size() - diff_pos || lit_len > lit.size() - lit_pos) {
-        return Error(ErrorCode::kPatchMalformed, "control entry overruns a data stream");
-      }
-      if (copy_len > 0) {
-        const int64_t base = ResolveCopyBase(where, last, before_last, out_pos);
-        const int64_t delta = DecodeCopyDelta(where);
-        int64_t old_pos;
-        uint64_t old_end;
-        if (__builtin_add_overflow(base, delta, &old_pos) || old_pos < 0 ||
-            !CheckedAddU64(static_cast<uint64_t>(old_pos), copy_len, &old_end) ||
-            old_end > old_size) {
-          return Error(ErrorCode::kPatchMalformed, "copy reads outside the old file");
-        }
-        uint8_t* dst = output_.data() + out_pos;
-        DS_RETURN_IF_ERROR(ReadOld(old_pos, std::span<uint8_t>(dst, copy_len)));
-        AddBytes(dst, diff.data() + diff_pos, copy_len);
-        out_pos += copy_len;
-        diff_pos += copy_len;
-        before_last = last;
-        last = CopyAnchor{static_cast<int64_t>(old_end), out_pos};
-      }
-      if (lit_len > 0) {
-        std::memcpy(output_.data() + out_pos, lit.data() + lit_pos, lit_len);
-        out_pos += lit_len;
-        lit_pos += lit_len;
-      }
-    }
-    if (out_pos != n || diff_pos != diff.size() || lit_pos != lit.size()) {
-      return Error(ErrorCode::kPatchMalformed, "copydiff streams do not add up to the segment");
-    }
-    return Status::Ok();
   }
 
   Status DecodeRef() {
@@ -807,15 +1070,8 @@ class PatchApplier::Impl {
         !CheckedAddU64(layout.ref_offset, layout.ref_length, &end) || end > OldSize()) {
       return Error(ErrorCode::kPatchMalformed, "reference window out of range");
     }
-    if (ready_offset_ == PayloadStart() && ref_out_.size() == method_length_) {
-      std::swap(output_, ref_out_);  // Rebuilt ahead while the segment before was.
-      Bytes().swap(ref_out_);
-      ready_offset_ = kNoPrefetch;
-      return Status::Ok();
-    }
-    output_.resize(method_length_);
     ref_buf_.resize(layout.ref_length);
-    DS_RETURN_IF_ERROR(ReadOld(layout.ref_offset, ref_buf_));
+    DS_RETURN_IF_ERROR(rb_.ReadOld(seg_.transform, old_decoded_, layout.ref_offset, ref_buf_));
     if (seg_.method == Method::kZstdRef) return DecodeZstd(dctx(), layout.frame, ref_buf_, output_);
     return DecodeLzmaRef(layout.frame, &ref_buf_, method_length_, output_);
   }
@@ -903,86 +1159,9 @@ class PatchApplier::Impl {
     return Status::Ok();
   }
 
-  // The sync points of the old filter block [start, end) (ScanSyncPoints), kept for later jumps
-  // into it (at most kMaxSyncBlocks blocks' worth, 256 bytes each).
-  Status SyncPoints(uint64_t start, uint64_t end, const std::vector<uint32_t>** out) {
-    auto it = sync_.find(start);
-    if (it == sync_.end() || it->second.transform != seg_.transform) {
-      if (sync_.size() >= kMaxSyncBlocks) sync_.clear();
-      jump_buf_.resize(end - start);
-      DS_RETURN_IF_ERROR(old_->ReadAt(start, jump_buf_));
-      it = sync_
-               .insert_or_assign(
-                   start,
-                   BlockSync{seg_.transform,
-                             ScanSyncPoints(seg_.transform, header_.old_regions, start, jump_buf_)})
-               .first;
-    }
-    *out = &it->second.points;
-    return Status::Ok();
-  }
-
-  // Reads the old file as the current segment's transform sees it. REQUIRES: in range.
-  Status ReadOld(uint64_t pos, std::span<uint8_t> out) {
-    if (seg_.transform == Transform::kNone) return old_reader_.Read(pos, out);
-    if (IsRecompressTransform(seg_.transform)) {
-      if (!out.empty()) std::memcpy(out.data(), old_decoded_.data() + pos, out.size());
-      return Status::Ok();
-    }
-    // Transformed: whole filter blocks, filtered, kept in a small direct-mapped cache (copies
-    // alternate between a few old areas; refiltering a block on every switch is slow). A short
-    // copy from elsewhere (a jump: not the block the copies walk through, nor the next one, nor
-    // the last jump's) filters only what it needs, uncached: the scan from the block's start to
-    // it only finds instruction boundaries (fast), and only its own branches are translated.
-    while (!out.empty()) {
-      const uint64_t block = pos / kFilterBlockSize;
-      const uint64_t start = block * kFilterBlockSize;
-      FilteredBlock& slot = fblocks_[block % kFilteredBlockSlots];
-      const bool cached = slot.start == start && slot.transform == seg_.transform;
-      const bool walk = block == walk_block_ || block == walk_block_ + 1 || block == jump_block_;
-      if (!cached && !walk && out.size() < kFilterBlockSize / 4) {
-        jump_block_ = block;
-        const uint64_t block_end = std::min<uint64_t>(start + kFilterBlockSize, old_->size());
-        const uint64_t need_end = pos + out.size();  // Inside the block: out is short.
-        if (need_end <= block_end) {
-          // The scan starts at the block's last sync point at least kSyncSlack bytes before.
-          uint64_t from = start;
-          if (pos >= start + kSyncSlack) {
-            const std::vector<uint32_t>* sync;
-            DS_RETURN_IF_ERROR(SyncPoints(start, block_end, &sync));
-            from = start + (*sync)[(pos - kSyncSlack - start) / kSyncStep];
-          }
-          jump_buf_.resize(std::min(block_end, need_end + kFilterLookahead) - from);
-          DS_RETURN_IF_ERROR(old_->ReadAt(from, jump_buf_));
-          ApplyBranchFilter(seg_.transform, header_.old_regions, from, jump_buf_, true,
-                            &target_map_, pos);
-          std::memcpy(out.data(), jump_buf_.data() + (pos - from), out.size());
-          return Status::Ok();
-        }
-      }
-      if (walk) walk_block_ = block;
-      if (!cached) {
-        slot.start = UINT64_MAX;
-        slot.data.resize(std::min<uint64_t>(kFilterBlockSize, old_->size() - start));
-        DS_RETURN_IF_ERROR(old_->ReadAt(start, slot.data));
-        ApplyBranchFilter(seg_.transform, header_.old_regions, start, slot.data, true,
-                          &target_map_);
-        slot.start = start;
-        slot.transform = seg_.transform;
-      }
-      const size_t off = static_cast<size_t>(pos - start);
-      const size_t n = std::min<size_t>(out.size(), slot.data.size() - off);
-      std::memcpy(out.data(), slot.data.data() + off, n);
-      out = out.subspan(n);
-      pos += n;
-    }
-    return Status::Ok();
-  }
-
   const OldSource* old_;
   OutputSink* out_;
   ApplyLimits limits_;
-  OldWindowReader old_reader_;
   ZSTD_DCtx* dctx_ = nullptr;
 
   State state_ = State::kFileHeader;
@@ -991,43 +1170,26 @@ class PatchApplier::Impl {
   SegmentHeader seg_;
   uint32_t seg_crc_ = 0, seg_stored_crc_ = 0;
   Bytes head_, payload_, output_, ref_buf_;
-  StreamDecoder streams_;  // The current copydiff segment's streams.
-  // Later segments' streams decoded ahead (StartPrefetch), and the payload offset of the
-  // segment whose streams streams_ already holds (TakePrefetch).
+  TargetMap target_map_;      // From the header's transform tables.
+  FilterCache filter_cache_;  // Shared by rb_ and the look-ahead's rebuilders.
+  SegmentRebuilder rb_;       // For the segment at hand when it was not rebuilt ahead.
+  // Later segments rebuilt ahead (StartPrefetch), and the payload offset of the segment whose
+  // output ready_out_ already holds (TakePrefetch).
   static constexpr uint64_t kNoPrefetch = UINT64_MAX;
   static constexpr uint64_t kPrefetchMaxOutput = 4 << 20;
   static constexpr size_t kPrefetchDepth = 2;
   struct Prefetch {
     uint64_t payload_offset = kNoPrefetch;  // Patch offset of the segment's payload.
     uint64_t memory = 0;                    // What it holds (PrefetchMemory).
-    Method method = Method::kStored;
     Status status;
-    StreamDecoder streams;  // A copydiff segment's streams.
-    Bytes out;              // A reference segment's output.
+    std::unique_ptr<SegmentRebuilder> rb;  // Its own caches, kept for its next segment.
+    Bytes out;                             // The segment's bytes, transform undone.
     std::thread thread;
   };
   std::array<Prefetch, kPrefetchDepth> pf_;
   uint64_t ready_offset_ = kNoPrefetch;
-  Bytes ref_out_;  // A reference segment's output rebuilt ahead (TakePrefetch).
+  Bytes ready_out_;  // The output of the segment at ready_offset_, rebuilt ahead.
   static constexpr size_t kParallelUnfilterMin = 512 << 10;
-  // Filtered blocks of the old file (transformed segments): 64 x 64 KiB at most.
-  static constexpr size_t kFilteredBlockSlots = 64;
-  struct FilteredBlock {
-    uint64_t start = UINT64_MAX;
-    Transform transform = Transform::kNone;
-    Bytes data;
-  };
-  std::vector<FilteredBlock> fblocks_ = std::vector<FilteredBlock>(kFilteredBlockSlots);
-  // The filter block the copies walk through, and the last short jump's (see ReadOld).
-  uint64_t walk_block_ = UINT64_MAX - 1, jump_block_ = UINT64_MAX;
-  Bytes jump_buf_;
-  struct BlockSync {
-    Transform transform;
-    std::vector<uint32_t> points;
-  };
-  static constexpr size_t kMaxSyncBlocks = 4096;  // 256 B each: 1 MiB.
-  std::unordered_map<uint64_t, BlockSync> sync_;  // By block start.
-  TargetMap target_map_;                          // From the header's transform tables.
   // Recompression segments: the decoded form of the old stream last named, and the method's
   // output length.
   Bytes old_decoded_;

@@ -399,9 +399,13 @@ void ZeroRunEncode(ByteView raw, Bytes* form) {
   }
 }
 
-Status ZeroRunDecode(ByteView form, std::span<uint8_t> out) {
+namespace {
+
+// Walks the pairs of a zero-run form standing for |raw_len| bytes, checking them as it goes;
+// |out|, when not null, receives the bytes.
+Status ZeroRunWalk(ByteView form, uint64_t raw_len, uint8_t* out) {
   ByteReader r(form);
-  size_t pos = 0;
+  uint64_t pos = 0;
   while (!r.empty()) {
     uint64_t zeros, count;
     if (!r.ReadVarint(&zeros) || !r.ReadVarint(&count)) {
@@ -410,21 +414,29 @@ Status ZeroRunDecode(ByteView form, std::span<uint8_t> out) {
     if (zeros == 0 && count == 0) {
       return Error(ErrorCode::kPatchMalformed, "empty pair in a zero-run form");
     }
-    if (zeros > out.size() - pos || count > out.size() - pos - zeros) {
+    if (zeros > raw_len - pos || count > raw_len - pos - zeros) {
       return Error(ErrorCode::kPatchMalformed, "zero-run form overruns its stream");
     }
-    std::memset(out.data() + pos, 0, zeros);
+    if (out != nullptr) std::memset(out + pos, 0, zeros);
     pos += zeros;
-    if (!r.ReadInto(out.data() + pos, count)) {
+    if (!(out != nullptr ? r.ReadInto(out + pos, count) : r.Skip(count))) {
       return Error(ErrorCode::kPatchMalformed, "zero-run form truncated");
     }
     pos += count;
   }
-  if (pos != out.size()) {
+  if (pos != raw_len) {
     return Error(ErrorCode::kPatchMalformed, "zero-run form shorter than its stream");
   }
   return Status::Ok();
 }
+
+}  // namespace
+
+Status ZeroRunDecode(ByteView form, std::span<uint8_t> out) {
+  return ZeroRunWalk(form, out.size(), out.data());
+}
+
+Status ZeroRunCheck(ByteView form, uint64_t raw_len) { return ZeroRunWalk(form, raw_len, nullptr); }
 
 Status ParseCopyDiffPayload(ByteView payload, CopyDiffLayout* out) {
   ByteReader r(payload);

@@ -198,6 +198,8 @@ void ZeroRunEncode(ByteView raw, Bytes* form);
 // Expands |form| into exactly |out| (whose size is raw_len). kPatchMalformed when the form is
 // truncated, holds an empty pair, or does not fill |out| exactly.
 Status ZeroRunDecode(ByteView form, std::span<uint8_t> out);
+// Checks |form| as ZeroRunDecode would for a stream of |raw_len| bytes, without expanding it.
+Status ZeroRunCheck(ByteView form, uint64_t raw_len);
 
 // Control entries: (varint where, varint copy_len, varint lit_len). |where| locates a copy in the
 // old file relative to one of two bases: bit 0 clear, the end of the last copy; bit 0 set, the

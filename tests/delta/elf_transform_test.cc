@@ -323,6 +323,19 @@ TEST_P(CompiledElfTest, TransformedPatchIsSmallerAndRoundTrips) {
     ASSERT_TRUE(split.ok()) << split.status().ToString();
     EXPECT_TRUE(*split == b.new_bin);
   }
+  // Given whole, later transformed segments are rebuilt ahead on other threads, sharing the
+  // filtered old blocks; without the look-ahead the main path rebuilds each. Same bytes.
+  for (uint64_t lookahead : {ApplyLimits{}.lookahead_memory, uint64_t{0}}) {
+    MemoryOldSource src(b.old_bin);
+    VectorSink sink;
+    ApplyLimits limits;
+    limits.lookahead_memory = lookahead;
+    PatchApplier applier(&src, &sink, limits);
+    Status s = applier.Write(*tr);
+    if (s.ok()) s = applier.Finish();
+    ASSERT_TRUE(s.ok()) << s.ToString() << " lookahead " << lookahead;
+    EXPECT_TRUE(sink.bytes == b.new_bin) << "lookahead " << lookahead;
+  }
   // Default options (every candidate): never larger than without the transform, and exact.
   GenerateOptions d;
   d.threads = 2;
