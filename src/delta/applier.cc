@@ -439,6 +439,11 @@ class SegmentRebuilder {
     ByteReader cr(ctrl);
     uint64_t out_pos = 0, diff_pos = 0, lit_pos = 0;
     const uint64_t old_size = IsRecompressTransform(t) ? decoded_old.size() : old_->size();
+    // Branch-filtered old code is read in old-file order, a batch of copies at a time: copies
+    // write disjoint ranges, and in that order each filter block is filtered once per batch
+    // instead of whenever the copies come back to it.
+    const bool in_old_order = t == Transform::kX86Branch || t == Transform::kArm64Branch;
+    batch_.clear();
     // Where the last two copies ended, in old and in this segment's output (docs/FORMAT.md).
     CopyAnchor last, before_last;
     while (!cr.empty()) {
@@ -471,8 +476,13 @@ class SegmentRebuilder {
           return Error(ErrorCode::kPatchMalformed, "copy reads outside the old file");
         }
         uint8_t* dst = out.data() + out_pos;
-        DS_RETURN_IF_ERROR(ReadOld(t, decoded_old, old_pos, std::span<uint8_t>(dst, copy_len)));
-        diff.Add(dst, copy_len);
+        if (in_old_order) {
+          batch_.push_back(PendingCopy{static_cast<uint64_t>(old_pos), out_pos, copy_len});
+          if (batch_.size() == kCopyBatch) DS_RETURN_IF_ERROR(CopyBatch(t, out, diff));
+        } else {
+          DS_RETURN_IF_ERROR(ReadOld(t, decoded_old, old_pos, std::span<uint8_t>(dst, copy_len)));
+          diff.Add(dst, copy_len);
+        }
         out_pos += copy_len;
         diff_pos += copy_len;
         before_last = last;
@@ -484,14 +494,20 @@ class SegmentRebuilder {
         lit_pos += lit_len;
       }
     }
+    if (in_old_order) DS_RETURN_IF_ERROR(CopyBatch(t, out, diff));
     if (out_pos != n || diff_pos != diff_len || lit_pos != lit.size()) {
       return Error(ErrorCode::kPatchMalformed, "copydiff streams do not add up to the segment");
     }
     return Status::Ok();
   }
 
+  // How ReadOld serves a read of branch-filtered code that no cached block holds: by the walk
+  // heuristic, or as the caller knows best (whole block, or the read's own bytes when short).
+  enum class ReadMode { kAuto, kWhole, kPart };
+
   // Reads the old file as a segment with transform |t| sees it. REQUIRES: in range.
-  Status ReadOld(Transform t, ByteView decoded_old, uint64_t pos, std::span<uint8_t> out) {
+  Status ReadOld(Transform t, ByteView decoded_old, uint64_t pos, std::span<uint8_t> out,
+                 ReadMode mode = ReadMode::kAuto) {
     if (t == Transform::kNone) return reader_.Read(pos, out);
     if (IsRecompressTransform(t)) {
       if (!out.empty()) std::memcpy(out.data(), decoded_old.data() + pos, out.size());
@@ -508,7 +524,10 @@ class SegmentRebuilder {
       const uint64_t start = block * kFilterBlockSize;
       int slot = Pinned(start, t);
       if (slot < 0 && (slot = cache_->Find(start, t)) >= 0) Pin(start, t, slot);
-      const bool walk = block == walk_block_ || block == walk_block_ + 1 || block == jump_block_;
+      const bool walk =
+          mode == ReadMode::kAuto
+              ? block == walk_block_ || block == walk_block_ + 1 || block == jump_block_
+              : mode == ReadMode::kWhole;
       if (slot < 0 && !walk && out.size() < kFilterBlockSize / 4) {
         jump_block_ = block;
         const uint64_t block_end = std::min<uint64_t>(start + kFilterBlockSize, old_->size());
@@ -565,6 +584,32 @@ class SegmentRebuilder {
     return Status::Ok();
   }
 
+  // Makes the batched copies: the old bytes in old-file order, then the diff stream added in
+  // stream order.
+  Status CopyBatch(Transform t, std::span<uint8_t> out, DiffAdder& diff) {
+    sorted_.assign(batch_.begin(), batch_.end());
+    std::sort(sorted_.begin(), sorted_.end(),
+              [](const PendingCopy& a, const PendingCopy& b) { return a.old_pos < b.old_pos; });
+    // Per filter block, the copies starting in it: filtered whole when they need enough of it,
+    // else each copy filters only its own bytes (from the block's nearest sync point).
+    for (size_t i = 0; i < sorted_.size();) {
+      const uint64_t block = sorted_[i].old_pos / kFilterBlockSize;
+      size_t j = i;
+      uint64_t cost = 0;
+      for (; j < sorted_.size() && sorted_[j].old_pos / kFilterBlockSize == block; ++j) {
+        cost += sorted_[j].len + kPartCost;
+      }
+      const ReadMode mode = cost >= kFilterBlockSize / 4 ? ReadMode::kWhole : ReadMode::kPart;
+      for (; i < j; ++i) {
+        const PendingCopy& c = sorted_[i];
+        DS_RETURN_IF_ERROR(ReadOld(t, {}, c.old_pos, out.subspan(c.out_pos, c.len), mode));
+      }
+    }
+    for (const PendingCopy& c : batch_) diff.Add(out.data() + c.out_pos, c.len);
+    batch_.clear();
+    return Status::Ok();
+  }
+
   // The slots of the few blocks this rebuilder used last, held without asking the shared cache
   // (-1: none).
   int Pinned(uint64_t start, Transform t) const {
@@ -597,6 +642,14 @@ class SegmentRebuilder {
   // The filter block the copies walk through, and the last short jump's (see ReadOld).
   uint64_t walk_block_ = UINT64_MAX - 1, jump_block_ = UINT64_MAX;
   Bytes jump_buf_;
+  // Copies of a transformed segment waiting to be made in old-file order (Copies).
+  struct PendingCopy {
+    uint64_t old_pos, out_pos, len;
+  };
+  static constexpr size_t kCopyBatch = 1 << 15;  // 768 KiB, and as much sorted.
+  // What filtering a short read on its own costs beyond its bytes (the scan from a sync point).
+  static constexpr uint64_t kPartCost = 768;
+  std::vector<PendingCopy> batch_, sorted_;
 };
 
 }  // namespace
