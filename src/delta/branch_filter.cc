@@ -225,6 +225,17 @@ TargetMap::TargetMap(std::vector<CodeRegion> old_regions, std::vector<CodeRegion
       runs_(std::move(runs)) {
   std::sort(old_by_vaddr_.begin(), old_by_vaddr_.end(),
             [](const CodeRegion& a, const CodeRegion& b) { return a.vaddr < b.vaddr; });
+  if (runs_.empty()) return;
+  const uint64_t last_start = runs_.back().old_offset;
+  page_shift_ = 12;
+  while (page_shift_ < 63 && (last_start >> page_shift_) >= (uint64_t{1} << 16)) ++page_shift_;
+  run_page_.resize(static_cast<size_t>(last_start >> page_shift_) + 1);
+  size_t r = 0;
+  for (size_t p = 0; p < run_page_.size(); ++p) {
+    const uint64_t page_start = static_cast<uint64_t>(p) << page_shift_;
+    while (r + 1 < runs_.size() && runs_[r + 1].old_offset <= page_start) ++r;
+    run_page_[p] = static_cast<uint32_t>(r);
+  }
 }
 
 uint64_t TargetMap::Translate(uint64_t old_target, uint64_t old_site) const {
@@ -242,8 +253,15 @@ bool TargetMap::Map(uint64_t old_target, uint64_t* new_addr) const {
   --r;
   if (old_target - r->vaddr >= r->length) return false;
   const uint64_t old_off = r->offset + (old_target - r->vaddr);
-  // Old offset -> new offset.
-  auto run = std::upper_bound(runs_.begin(), runs_.end(), old_off,
+  // Old offset -> new offset. The runs that may hold old_off start between its page's first
+  // candidate and the next page's.
+  if (runs_.empty()) return false;
+  const size_t page =
+      static_cast<size_t>(std::min<uint64_t>(old_off >> page_shift_, run_page_.size() - 1));
+  const auto lo = runs_.begin() + run_page_[page];
+  const auto hi =
+      page + 1 < run_page_.size() ? runs_.begin() + run_page_[page + 1] + 1 : runs_.end();
+  auto run = std::upper_bound(lo, hi, old_off,
                               [](uint64_t o, const AddressRun& a) { return o < a.old_offset; });
   if (run == runs_.begin()) return false;
   --run;

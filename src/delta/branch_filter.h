@@ -48,6 +48,10 @@ class TargetMap {
   std::vector<CodeRegion> old_by_vaddr_;
   std::vector<CodeRegion> new_regions_;
   std::vector<AddressRun> runs_;
+  // Runs by old offset, coarsely: page p (old offsets from p << page_shift_ on) starts its
+  // search at run_page_[p], the last run starting at or before the page (at most 2^16 pages).
+  std::vector<uint32_t> run_page_;
+  int page_shift_ = 0;
 };
 
 // Applies transform |t| (kNone: nothing) to |data|, which holds the file bytes

@@ -166,6 +166,68 @@ TEST(BranchFilterTest, SameTargetGivesSameBytes) {
   EXPECT_TRUE(std::equal(code.begin() + 3, code.begin() + 8, code.begin() + 40));
 }
 
+// The old -> new address translation, by plain searches over the whole tables: what
+// TargetMap::Translate must give, whatever index it keeps (patches made before the index must
+// filter the old file the same way).
+uint64_t ReferenceTranslate(const std::vector<CodeRegion>& old_regions,
+                            const std::vector<CodeRegion>& new_regions,
+                            const std::vector<AddressRun>& runs, uint64_t target, uint64_t site) {
+  auto map = [&](uint64_t addr, uint64_t* out) {
+    const CodeRegion* r = nullptr;
+    for (const CodeRegion& c : old_regions) {
+      if (c.vaddr <= addr && (r == nullptr || c.vaddr > r->vaddr)) r = &c;
+    }
+    if (r == nullptr || addr - r->vaddr >= r->length) return false;
+    const uint64_t off = r->offset + (addr - r->vaddr);
+    const AddressRun* run = nullptr;
+    for (const AddressRun& a : runs) {
+      if (a.old_offset <= off) run = &a;
+    }
+    if (run == nullptr || off - run->old_offset >= run->length) return false;
+    const uint64_t new_off = off + static_cast<uint64_t>(run->delta);
+    const CodeRegion* n = nullptr;
+    for (const CodeRegion& c : new_regions) {
+      if (c.offset <= new_off) n = &c;
+    }
+    if (n == nullptr || new_off - n->offset >= n->length) return false;
+    *out = n->vaddr + (new_off - n->offset);
+    return true;
+  };
+  uint64_t out;
+  if (map(target, &out)) return out;
+  if (map(site, &out)) return target + (out - site);
+  return target;
+}
+
+TEST(BranchFilterTest, TargetMapMatchesPlainSearches) {
+  std::mt19937_64 rng(77);
+  for (int round = 0; round < 40; ++round) {
+    // Old and new code regions, and runs of old offsets that moved, sorted and disjoint: dense
+    // (many runs per 4 KiB) in some rounds, sparse and far apart (large files) in others.
+    const uint64_t scale = round % 3 == 0 ? 1 : (round % 3 == 1 ? 64 : 4096);
+    std::vector<CodeRegion> old_regions = {{0x1000, 0x40000 * scale, 0x401000, true},
+                                           {0x1000 + 0x40000 * scale, 0x8000, 0x900000, true}};
+    std::vector<CodeRegion> new_regions = {{0x1000, 0x41000 * scale, 0x401000, true},
+                                           {0x2000 + 0x41000 * scale, 0x9000, 0x980000, true}};
+    std::vector<AddressRun> runs;
+    uint64_t pos = rng() % 64;
+    const size_t count = 1 + rng() % 3000;
+    for (size_t i = 0; i < count; ++i) {
+      const uint64_t len = 1 + rng() % (64 * scale);
+      runs.push_back({pos, len, static_cast<int64_t>(rng() % 8192) - 4096});
+      pos += len + rng() % (128 * scale);
+    }
+    const TargetMap map(old_regions, new_regions, runs);
+    for (int q = 0; q < 3000; ++q) {
+      const uint64_t target = 0x400000 + rng() % (pos + 0x10000);
+      const uint64_t site = 0x400000 + rng() % (pos + 0x10000);
+      ASSERT_EQ(map.Translate(target, site),
+                ReferenceTranslate(old_regions, new_regions, runs, target, site))
+          << "round " << round << " target " << target << " site " << site;
+    }
+  }
+}
+
 TEST(BranchFilterTest, RejectsBadRegions) {
   EXPECT_EQ(CodeOf(ValidateCodeRegions({{0, 0, 0}}, 10)), ErrorCode::kPatchMalformed);
   EXPECT_EQ(CodeOf(ValidateCodeRegions({{5, 6, 0}}, 10)), ErrorCode::kPatchMalformed);
