@@ -31,7 +31,9 @@ namespace {
 
 using nlohmann::json;
 
-constexpr uint64_t kConsumePiece = 1 << 20;
+// The consumer reads what has arrived in pieces of up to this much: a DSPF applier rebuilds later
+// segments ahead (on other threads) when a piece holds them whole.
+constexpr uint64_t kConsumePiece = 4 << 20;
 
 double CpuSeconds() {
   rusage u{};

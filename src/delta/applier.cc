@@ -992,7 +992,7 @@ class PatchApplier::Impl {
 
   // Starts rebuilding the next kPrefetchDepth segments after the current one, each on a thread of
   // its own, when |rest| (the caller's bytes from patch offset |rest_offset| on) holds them whole:
-  // a patch read from a file arrives in 1 MiB pieces, so later segments' streams are decoded (LZMA2
+  // a patch read from a file arrives in 4 MiB pieces, so later segments' streams are decoded (LZMA2
   // is most of a plain apply's time), their copies made from the old file (filtering it is most of
   // a transformed one's) and their transform undone while this one is finished, and both cores
   // stay busy. Copydiff and reference segments, when the old file takes concurrent reads; not
@@ -1308,8 +1308,9 @@ class AtomicFileSink : public OutputSink {
 
 // Feeds |file| to |write| in pieces of at most 1 MiB.
 template <typename WriteFn>
+// Pieces of 4 MiB: the applier rebuilds later segments ahead when a piece holds them whole.
 Status StreamFile(const RandomAccessFile& file, WriteFn write) {
-  Bytes buf(std::min<uint64_t>(1 << 20, std::max<uint64_t>(file.size(), 1)));
+  Bytes buf(std::min<uint64_t>(4 << 20, std::max<uint64_t>(file.size(), 1)));
   for (uint64_t pos = 0; pos < file.size(); pos += buf.size()) {
     const size_t n = std::min<uint64_t>(buf.size(), file.size() - pos);
     std::span<uint8_t> chunk(buf.data(), n);
