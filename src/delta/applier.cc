@@ -415,7 +415,8 @@ class SegmentRebuilder {
     }
   }
 
-  StreamDecoder& streams() { return streams_; }
+  // Filtered blocks a rebuilder holds pinned in the shared cache at most.
+  static constexpr size_t kPins = 4;
 
   // Parses and decodes the copydiff |payload| and rebuilds its |out.size()| bytes (still
   // transformed if |t| is a transform). |decoded_old|: the old stream's decoded form for a
@@ -637,7 +638,7 @@ class SegmentRebuilder {
     Transform transform = Transform::kNone;
     int slot = -1;
   };
-  std::array<PinnedBlock, 4> pins_;
+  std::array<PinnedBlock, kPins> pins_;
   size_t next_pin_ = 0;
   // The filter block the copies walk through, and the last short jump's (see ReadOld).
   uint64_t walk_block_ = UINT64_MAX - 1, jump_block_ = UINT64_MAX;
@@ -1240,6 +1241,8 @@ class PatchApplier::Impl {
     std::thread thread;
   };
   std::array<Prefetch, kPrefetchDepth> pf_;
+  // FilterCache::Claim needs an unpinned slot whatever the rebuilders (rb_ and pf_) hold.
+  static_assert(FilterCache::kSlots > SegmentRebuilder::kPins * (kPrefetchDepth + 1));
   uint64_t ready_offset_ = kNoPrefetch;
   Bytes ready_out_;  // The output of the segment at ready_offset_, rebuilt ahead.
   static constexpr size_t kParallelUnfilterMin = 512 << 10;
