@@ -1,7 +1,8 @@
-// Fuzzes the generator's ELF reader and the branch filters on what it finds.
+// Fuzzes the generator's executable readers (ELF and PE) and the branch filters on what they find.
 //
-// Properties: ParseElfCode never reads outside the input and returns regions a patch header
-// accepts (sorted, disjoint, inside the file, at most kMaxCodeRegions); on those regions both
+// Properties: ParseExecutableCode (ParseElfCode, ParsePeCode) never reads outside the input and
+// returns regions a patch header accepts (sorted, disjoint, inside the file, at most
+// kMaxCodeRegions); on those regions both
 // branch filters are exact inverses of themselves over the whole input and over 64 KiB blocks;
 // the old-file direction (targets mapped through an address map) stays in bounds.
 #include <cstddef>
@@ -13,7 +14,7 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const ds::ByteView input(data, size);
-  ds::Result<ds::delta::ElfCode> code = ds::delta::ParseElfCode(input);
+  ds::Result<ds::delta::ElfCode> code = ds::delta::ParseExecutableCode(input);
   std::vector<ds::delta::CodeRegion> regions;
   if (code.ok()) {
     FUZZ_CHECK(ds::delta::ValidateCodeRegions(code->regions, size).ok());

@@ -22,6 +22,16 @@ constexpr size_t kPhdrSize = 56;
 // Reading more headers than this is not worth it (real files have a few dozen).
 constexpr uint64_t kMaxHeaders = 4096;
 
+// PE: the COFF header's machines, section flags, and the optional header's magics.
+constexpr uint16_t kPeMachineI386 = 0x014C;
+constexpr uint16_t kPeMachineAmd64 = 0x8664;
+constexpr uint16_t kPeMachineArm64 = 0xAA64;
+constexpr uint32_t kScnCntCode = 0x00000020;
+constexpr uint32_t kScnMemExecute = 0x20000000;
+constexpr uint16_t kPe32Magic = 0x010B;
+constexpr uint16_t kPe32PlusMagic = 0x020B;
+constexpr size_t kPeSectionSize = 40;
+
 struct Table {
   uint64_t offset = 0;
   uint64_t entsize = 0;
@@ -84,7 +94,7 @@ bool ElfCode::has_code() const {
 Transform TransformForMachine(uint16_t machine) {
   switch (machine) {
     case kElfMachineX86_64:
-    case 3:  // EM_386: the same branch encodings.
+    case kElfMachineI386:  // The same branch encodings.
       return Transform::kX86Branch;
     case kElfMachineAarch64:
       return Transform::kArm64Branch;
@@ -179,6 +189,100 @@ Result<ElfCode> ParseElfCode(ByteView file) {
   }
   out.regions = Normalise(std::move(regions), file.size());
   return out;
+}
+
+Result<ElfCode> ParsePeCode(ByteView file) {
+  if (file.size() < 2 || file[0] != 'M' || file[1] != 'Z') {
+    return Error(ErrorCode::kUnsupported, "not a PE image");
+  }
+  ByteReader dos(file);
+  uint32_t pe_offset;
+  if (!dos.Skip(0x3C) || !dos.ReadU32Le(&pe_offset)) {
+    return Error(ErrorCode::kInvalidArgument, "DOS header truncated");
+  }
+  // "PE\0\0", then the COFF header (20 bytes).
+  uint64_t coff_end;
+  if (!CheckedAddU64(pe_offset, 24, &coff_end) || coff_end > file.size()) {
+    return Error(ErrorCode::kUnsupported, "a DOS program (no PE header)");
+  }
+  ByteReader h(file.subspan(pe_offset));
+  uint32_t signature = 0, timestamp = 0, symbols = 0, symbol_count = 0;
+  uint16_t machine = 0, section_count = 0, optional_size = 0, characteristics = 0;
+  h.ReadU32Le(&signature);
+  if (signature != 0x00004550) return Error(ErrorCode::kUnsupported, "no PE signature");
+  h.ReadU16Le(&machine);
+  h.ReadU16Le(&section_count);
+  h.ReadU32Le(&timestamp);
+  h.ReadU32Le(&symbols);
+  h.ReadU32Le(&symbol_count);
+  h.ReadU16Le(&optional_size);
+  h.ReadU16Le(&characteristics);
+  // The optional header: its magic says where ImageBase is (32 bits at 28 in PE32, 64 at 24 in
+  // PE32+).
+  uint16_t magic = 0;
+  uint64_t image_base = 0;
+  ByteReader opt(file.subspan(coff_end));
+  if (optional_size < 32 || !opt.ReadU16Le(&magic)) {
+    return Error(ErrorCode::kInvalidArgument, "PE optional header truncated");
+  }
+  if (magic == kPe32PlusMagic) {
+    if (!opt.Skip(22) || !opt.ReadU64Le(&image_base)) {
+      return Error(ErrorCode::kInvalidArgument, "PE optional header truncated");
+    }
+  } else if (magic == kPe32Magic) {
+    uint32_t base32;
+    if (!opt.Skip(26) || !opt.ReadU32Le(&base32)) {
+      return Error(ErrorCode::kInvalidArgument, "PE optional header truncated");
+    }
+    image_base = base32;
+  } else {
+    return Error(ErrorCode::kUnsupported, "unknown PE optional header magic");
+  }
+  ElfCode out;
+  switch (machine) {
+    case kPeMachineAmd64:
+      out.machine = kElfMachineX86_64;
+      break;
+    case kPeMachineArm64:
+      out.machine = kElfMachineAarch64;
+      break;
+    case kPeMachineI386:
+      out.machine = kElfMachineI386;
+      break;
+    default:
+      out.machine = 0;
+  }
+  // Sections with bytes in the file (the loader maps VirtualSize of them; SizeOfRawData is
+  // rounded up to the file alignment, and VirtualSize may be 0 in object-like images).
+  const Table sections{coff_end + optional_size, kPeSectionSize,
+                       std::min<uint64_t>(section_count, kMaxHeaders)};
+  std::vector<CodeRegion> regions;
+  for (uint64_t i = 0; i < sections.count; ++i) {
+    ByteReader e{ByteView()};
+    if (!Entry(file, sections, i, kPeSectionSize, &e)) break;
+    uint32_t virtual_size = 0, virtual_address = 0, raw_size = 0, raw_offset = 0, scn = 0;
+    e.Skip(8);  // Name.
+    e.ReadU32Le(&virtual_size);
+    e.ReadU32Le(&virtual_address);
+    e.ReadU32Le(&raw_size);
+    e.ReadU32Le(&raw_offset);
+    e.Skip(12);  // Relocations and line numbers (object files only).
+    e.ReadU32Le(&scn);
+    if (raw_size == 0 || raw_offset == 0) continue;  // Uninitialised data.
+    const uint64_t length = virtual_size > 0 ? std::min(virtual_size, raw_size) : raw_size;
+    const bool code = (scn & (kScnCntCode | kScnMemExecute)) != 0;
+    regions.push_back({raw_offset, length, image_base + virtual_address, code});
+  }
+  out.regions = Normalise(std::move(regions), file.size());
+  return out;
+}
+
+Result<ElfCode> ParseExecutableCode(ByteView file) {
+  if (file.size() >= 4 && file[0] == 0x7F && file[1] == 'E' && file[2] == 'L' && file[3] == 'F') {
+    return ParseElfCode(file);
+  }
+  if (file.size() >= 2 && file[0] == 'M' && file[1] == 'Z') return ParsePeCode(file);
+  return Error(ErrorCode::kUnsupported, "neither an ELF file nor a PE image");
 }
 
 }  // namespace ds::delta

@@ -1,5 +1,5 @@
-// A bounds-checked ELF64 reader for the generator's executable transforms: finds the file ranges
-// that hold machine code and the addresses they are loaded at.
+// Bounds-checked ELF64 and PE (Windows .exe/.dll) readers for the generator's executable
+// transforms: find the file ranges that hold machine code and the addresses they are loaded at.
 //
 // Everything is read through ByteReader; nothing in the input is trusted. Sections (or, without
 // usable section headers, executable PT_LOAD segments) that run outside the file, have absurd
@@ -19,6 +19,7 @@
 
 namespace ds::delta {
 
+inline constexpr uint16_t kElfMachineI386 = 3;
 inline constexpr uint16_t kElfMachineX86_64 = 62;
 inline constexpr uint16_t kElfMachineAarch64 = 183;
 
@@ -33,6 +34,16 @@ struct ElfCode {
 // headers are malformed (truncated, out of range). An ELF file without code gives an empty region
 // list.
 Result<ElfCode> ParseElfCode(ByteView file);
+
+// The same for a PE image (PE32 or PE32+): sections with bytes in the file, code when they hold
+// code or are executable, loaded at ImageBase + VirtualAddress. |machine| is in ELF numbering
+// (AMD64 -> kElfMachineX86_64, ARM64 -> kElfMachineAarch64, i386 -> kElfMachineI386, anything
+// else 0). kUnsupported when |file| is not a PE image (no "MZ", or a DOS program without a PE
+// header); kInvalidArgument when its headers are truncated.
+Result<ElfCode> ParsePeCode(ByteView file);
+
+// ParseElfCode for an ELF file, ParsePeCode for a PE image, kUnsupported for anything else.
+Result<ElfCode> ParseExecutableCode(ByteView file);
 
 // The transform that suits |machine| (kNone when there is none).
 Transform TransformForMachine(uint16_t machine);

@@ -402,8 +402,8 @@ std::pair<uint64_t, uint64_t> SampledRefWindow(const SuffixArray& sa, ByteView n
   return {lo, hi - lo};
 }
 
-// The code regions of |old| and |neu| and the transform for them, when both are ELF files of the
-// same machine with code in them.
+// The code regions of |old| and |neu| and the transform for them, when both are executables (ELF
+// or PE) of the same machine with code in them.
 struct TransformChoice {
   Transform transform = Transform::kNone;
   std::vector<CodeRegion> old_regions, new_regions;
@@ -411,8 +411,8 @@ struct TransformChoice {
 };
 TransformChoice ChooseTransform(ByteView old, ByteView neu) {
   TransformChoice c;
-  Result<ElfCode> o = ParseElfCode(old);
-  Result<ElfCode> n = ParseElfCode(neu);
+  Result<ElfCode> o = ParseExecutableCode(old);
+  Result<ElfCode> n = ParseExecutableCode(neu);
   if (!o.ok() || !n.ok() || o->machine != n->machine || !o->has_code() || !n->has_code()) {
     return c;
   }

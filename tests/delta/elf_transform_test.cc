@@ -605,6 +605,187 @@ TEST(HostileElfTest, RandomMutationsNeverEscapeTheFile) {
   }
 }
 
+// --- PE images (Windows .exe / .dll) ------------------------------------------------------
+
+void Put32(Bytes* b, size_t at, uint32_t v) { std::memcpy(b->data() + at, &v, 4); }
+
+// A PE32+ image laid out by hand: DOS header, "PE\0\0" at 0x80, COFF header, a 240-byte optional
+// header with ImageBase 0x140000000, and three sections: .text (code, raw 0x400 + 0x600, virtual
+// size 0x5F0 at RVA 0x1000), .data (0xA00 + 0x200 at RVA 0x2000) and .bss (no raw data).
+Bytes HandMadePe(uint16_t machine) {
+  Bytes b(0xC00, 0);
+  b[0] = 'M';
+  b[1] = 'Z';
+  Put32(&b, 0x3C, 0x80);
+  Put32(&b, 0x80, 0x00004550);
+  Put16(&b, 0x84, machine);
+  Put16(&b, 0x86, 3);                    // Sections.
+  Put16(&b, 0x94, 240);                  // SizeOfOptionalHeader.
+  Put16(&b, 0x98, 0x020B);               // PE32+.
+  Put64(&b, 0x98 + 24, 0x140000000ull);  // ImageBase.
+  const size_t sec = 0x98 + 240;
+  auto section = [&](size_t i, const char* name, uint32_t vsize, uint32_t rva, uint32_t raw,
+                     uint32_t ptr, uint32_t flags) {
+    const size_t at = sec + 40 * i;
+    std::memcpy(b.data() + at, name, std::strlen(name));
+    Put32(&b, at + 8, vsize);
+    Put32(&b, at + 12, rva);
+    Put32(&b, at + 16, raw);
+    Put32(&b, at + 20, ptr);
+    Put32(&b, at + 36, flags);
+  };
+  section(0, ".text", 0x5F0, 0x1000, 0x600, 0x400, 0x60000020);
+  section(1, ".data", 0x180, 0x2000, 0x200, 0xA00, 0xC0000040);
+  section(2, ".bss", 0x1000, 0x3000, 0, 0, 0xC0000080);
+  return b;
+}
+
+TEST(PeReaderTest, FindsTheSectionsOfAnImage) {
+  const Bytes pe = HandMadePe(0x8664);
+  Result<ElfCode> code = ParsePeCode(pe);
+  ASSERT_TRUE(code.ok()) << code.status().ToString();
+  EXPECT_EQ(code->machine, kElfMachineX86_64);
+  ASSERT_EQ(code->regions.size(), 2u);
+  EXPECT_EQ(code->regions[0], (CodeRegion{0x400, 0x5F0, 0x140001000ull, true}));
+  EXPECT_EQ(code->regions[1], (CodeRegion{0xA00, 0x180, 0x140002000ull, false}));
+  EXPECT_TRUE(ValidateCodeRegions(code->regions, pe.size()).ok());
+  // ParseExecutableCode tells the formats apart; other machines are read but get no transform.
+  Result<ElfCode> any = ParseExecutableCode(pe);
+  ASSERT_TRUE(any.ok());
+  EXPECT_EQ(any->regions, code->regions);
+  EXPECT_EQ(ParsePeCode(HandMadePe(0xAA64))->machine, kElfMachineAarch64);
+  EXPECT_EQ(ParsePeCode(HandMadePe(0x014C))->machine, kElfMachineI386);
+  EXPECT_EQ(TransformForMachine(ParsePeCode(HandMadePe(0x01C4))->machine), Transform::kNone);
+  // PE32: a 32-bit ImageBase at offset 28 of the optional header.
+  Bytes pe32 = HandMadePe(0x014C);
+  Put16(&pe32, 0x98, 0x010B);
+  Put64(&pe32, 0x98 + 24, 0);
+  Put32(&pe32, 0x98 + 28, 0x00400000);
+  Result<ElfCode> c32 = ParsePeCode(pe32);
+  ASSERT_TRUE(c32.ok());
+  EXPECT_EQ(c32->regions[0].vaddr, 0x401000u);
+  EXPECT_EQ(CodeOf(ParseExecutableCode(testing::RandomBytes(100, 3))), ErrorCode::kUnsupported);
+}
+
+TEST(PeReaderTest, MalformedHeadersAreSafe) {
+  const Bytes good = HandMadePe(0x8664);
+  struct Case {
+    const char* what;
+    Bytes file;
+    ErrorCode code;  // kOk: parses (to regions a header accepts).
+  };
+  std::vector<Case> cases;
+  cases.push_back({"MZ only", Bytes(good.begin(), good.begin() + 2), ErrorCode::kInvalidArgument});
+  cases.push_back(
+      {"no PE header", Bytes(good.begin(), good.begin() + 0x60), ErrorCode::kUnsupported});
+  {
+    Bytes x = good;
+    Put32(&x, 0x3C, 0xFFFFFFF0u);
+    cases.push_back({"PE offset past the end", x, ErrorCode::kUnsupported});
+  }
+  {
+    Bytes x = good;
+    x[0x81] = 'X';
+    cases.push_back({"bad signature", x, ErrorCode::kUnsupported});
+  }
+  {
+    Bytes x = good;
+    Put16(&x, 0x94, 8);
+    cases.push_back({"optional header too short", x, ErrorCode::kInvalidArgument});
+  }
+  {
+    Bytes x = good;
+    Put16(&x, 0x98, 0x1234);
+    cases.push_back({"unknown optional magic", x, ErrorCode::kUnsupported});
+  }
+  cases.push_back({"optional header truncated", Bytes(good.begin(), good.begin() + 0xA0),
+                   ErrorCode::kInvalidArgument});
+  {
+    Bytes x = good;
+    Put16(&x, 0x86, 0xFFFF);
+    cases.push_back({"section count past the file", x, ErrorCode::kOk});
+  }
+  {
+    Bytes x = good;
+    Put16(&x, 0x94, 0xFFF0);
+    cases.push_back({"section table past the file", x, ErrorCode::kOk});
+  }
+  {
+    Bytes x = good;
+    Put32(&x, 0x98 + 240 + 20, 0xFFFFFF00u);
+    cases.push_back({"section data past the file", x, ErrorCode::kOk});
+  }
+  {
+    Bytes x = good;
+    Put32(&x, 0x98 + 240 + 40 + 20, 0x500);  // .data inside .text.
+    cases.push_back({"overlapping sections", x, ErrorCode::kOk});
+  }
+  for (const Case& c : cases) {
+    Result<ElfCode> code = ParseExecutableCode(c.file);
+    EXPECT_EQ(CodeOf(code), c.code) << c.what;
+    if (code.ok()) EXPECT_TRUE(ValidateCodeRegions(code->regions, c.file.size()).ok()) << c.what;
+    ExpectSafe(c.file, good);
+  }
+  // Random damage to the headers and the section table.
+  std::mt19937_64 rng(9);
+  for (int iter = 0; iter < 5000; ++iter) {
+    Bytes x = good;
+    const int flips = 1 + rng() % 6;
+    for (int k = 0; k < flips; ++k) x[rng() % (0x98 + 240 + 120)] = static_cast<uint8_t>(rng());
+    if (rng() % 4 == 0) x.resize(rng() % x.size());
+    Result<ElfCode> code = ParseExecutableCode(x);
+    if (code.ok()) {
+      ASSERT_TRUE(ValidateCodeRegions(code->regions, x.size()).ok());
+    } else {
+      ASSERT_TRUE(CodeOf(code) == ErrorCode::kUnsupported ||
+                  CodeOf(code) == ErrorCode::kInvalidArgument);
+    }
+  }
+}
+
+// Two versions of the test program as Windows executables (PE32+), built freestanding with clang
+// and lld-link when they are installed (skipped otherwise).
+class CompiledPeTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(CompiledPeTest, TransformedPatchIsSmallerAndRoundTrips) {
+  if (std::system("command -v clang >/dev/null 2>&1 && command -v lld-link >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "clang or lld-link not installed";
+  }
+  const std::string target = GetParam();
+  testing::TempDir dir;
+  const Builds b =
+      CompileTwoVersions(dir,
+                         "-O1 -fno-inline -nostdlib -ffreestanding -fuse-ld=lld -Wl,/entry:_start "
+                         "-Wl,/subsystem:console",
+                         "clang --target=" + target + " -x c", /*freestanding=*/true);
+  if (!b.ok) GTEST_SKIP() << "clang cannot build for " << target << " here";
+  Result<ElfCode> code = ParseExecutableCode(b.new_bin);
+  ASSERT_TRUE(code.ok()) << code.status().ToString();
+  const bool arm = target.rfind("aarch64", 0) == 0;
+  EXPECT_EQ(code->machine, arm ? kElfMachineAarch64 : kElfMachineX86_64);
+  EXPECT_TRUE(code->has_code());
+  const Transform t = arm ? Transform::kArm64Branch : Transform::kX86Branch;
+  GenerateStats plain_stats, tr_stats;
+  Result<Bytes> plain =
+      GeneratePatch(b.old_bin, b.new_bin, PlainCopyDiffOptions(false), &plain_stats);
+  Result<Bytes> tr = GeneratePatch(b.old_bin, b.new_bin, PlainCopyDiffOptions(true), &tr_stats);
+  ASSERT_TRUE(plain.ok() && tr.ok());
+  std::printf("%s PE %zu -> %zu B: plain patch %zu B, transformed %zu B (%" PRIu64 " segments)\n",
+              target.c_str(), b.old_bin.size(), b.new_bin.size(), plain->size(), tr->size(),
+              tr_stats.transform_segments);
+  EXPECT_LT(tr->size(), plain->size());
+  EXPECT_GT(TransformSegments(*tr, t), 0u);
+  for (const std::vector<size_t>& chunks :
+       std::vector<std::vector<size_t>>{{1}, {333}, {1 << 20}}) {
+    Result<Bytes> out = testing::ApplyInChunks(b.old_bin, *tr, chunks);
+    ASSERT_TRUE(out.ok()) << out.status().ToString();
+    EXPECT_TRUE(*out == b.new_bin);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Targets, CompiledPeTest,
+                         ::testing::Values("x86_64-pc-windows-msvc", "aarch64-pc-windows-msvc"));
+
 // --- Crafted transformed patches ---------------------------------------------------------
 
 TEST(TransformPatchTest, HostileRegionTablesAreMalformed) {
