@@ -413,6 +413,7 @@ class SegmentRebuilder {
     for (const PinnedBlock& p : pins_) {
       if (p.slot >= 0) cache_->Release(p.slot);
     }
+    ZSTD_freeDCtx(dctx_);
   }
 
   // Filtered blocks a rebuilder holds pinned in the shared cache at most.
@@ -428,6 +429,30 @@ class SegmentRebuilder {
     StreamViews views;
     DS_RETURN_IF_ERROR(streams_.Decode(layout, &views));
     return Copies(views, t, decoded_old, out);
+  }
+
+  // Rebuilds a reference segment's |out.size()| bytes (still transformed if |t| is a transform)
+  // from its |payload|: an LZMA2 or zstd stream (|method|) whose dictionary is an old window of at
+  // most |max_window| bytes, read as ReadOld does.
+  Status Ref(ByteView payload, Method method, Transform t, ByteView decoded_old,
+             uint64_t max_window, std::span<uint8_t> out) {
+    ZstdRefLayout layout;
+    DS_RETURN_IF_ERROR(ParseZstdRefPayload(payload, &layout));
+    const uint64_t old_size = IsRecompressTransform(t) ? decoded_old.size() : old_->size();
+    uint64_t end;
+    if (layout.ref_length > max_window ||
+        !CheckedAddU64(layout.ref_offset, layout.ref_length, &end) || end > old_size) {
+      return Error(ErrorCode::kPatchMalformed, "reference window out of range");
+    }
+    ref_buf_.resize(layout.ref_length);
+    DS_RETURN_IF_ERROR(ReadOld(t, decoded_old, layout.ref_offset, ref_buf_));
+    if (method == Method::kLzmaRef) {
+      return DecodeLzmaRef(layout.frame, &ref_buf_, out.size(), out);  // Releases ref_buf_.
+    }
+    if (dctx_ == nullptr && (dctx_ = ZSTD_createDCtx()) == nullptr) {
+      return Error(ErrorCode::kResourceLimit, "cannot start the zstd decoder");
+    }
+    return DecodeZstd(dctx_, layout.frame, ref_buf_, out);
   }
 
   // Rebuilds |out| from streams already decoded.
@@ -632,6 +657,8 @@ class SegmentRebuilder {
   const TargetMap* map_;
   OldWindowReader reader_;
   StreamDecoder streams_;
+  Bytes ref_buf_;              // A reference segment's old window.
+  ZSTD_DCtx* dctx_ = nullptr;  // For zstd reference segments.
   FilterCache* cache_;
   struct PinnedBlock {
     uint64_t start = UINT64_MAX;
@@ -666,7 +693,6 @@ class PatchApplier::Impl {
     if (old_hash_thread_.joinable()) old_hash_thread_.join();
     AwaitNewHash();
     DropPrefetch();
-    ZSTD_freeDCtx(dctx_);
   }
 
   Status Write(ByteView data) {
@@ -967,11 +993,6 @@ class PatchApplier::Impl {
     return Status::Ok();
   }
 
-  ZSTD_DCtx* dctx() {
-    if (dctx_ == nullptr) dctx_ = ZSTD_createDCtx();
-    return dctx_;
-  }
-
   // Undoes branch transform |t| on |out|, the new bytes from |start| on. Filter blocks are
   // independent (the scan restarts at each), so a large segment is split at a block boundary and
   // done on two threads.
@@ -1038,9 +1059,10 @@ class PatchApplier::Impl {
       }
       pf.thread = std::thread([this, &pf, payload, h] {
         pf.out.resize(h.new_length);
-        pf.status = h.method == Method::kCopyDiff
-                        ? pf.rb->CopyDiff(payload, h.transform, {}, pf.out)
-                        : PrefetchRef(h, payload, pf.rb.get(), pf.out);
+        pf.status =
+            h.method == Method::kCopyDiff
+                ? pf.rb->CopyDiff(payload, h.transform, {}, pf.out)
+                : pf.rb->Ref(payload, h.method, h.transform, {}, header_.max_ref_window, pf.out);
         if (pf.status.ok()) Unfilter(h.transform, header_.new_regions, h.new_offset, pf.out);
       });
     }
@@ -1073,25 +1095,6 @@ class PatchApplier::Impl {
                       h.new_length);
   }
 
-  // Rebuilds a reference segment (not a recompression one) into |out| (see DecodeRef).
-  Status PrefetchRef(const SegmentHeader& h, ByteView payload, SegmentRebuilder* rb,
-                     std::span<uint8_t> out) const {
-    ZstdRefLayout layout;
-    DS_RETURN_IF_ERROR(ParseZstdRefPayload(payload, &layout));
-    uint64_t end;
-    if (!CheckedAddU64(layout.ref_offset, layout.ref_length, &end) || end > old_->size()) {
-      return Error(ErrorCode::kPatchMalformed, "reference window out of range");
-    }
-    Bytes ref(layout.ref_length);
-    DS_RETURN_IF_ERROR(rb->ReadOld(h.transform, {}, layout.ref_offset, ref));
-    if (h.method == Method::kLzmaRef) return DecodeLzmaRef(layout.frame, &ref, h.new_length, out);
-    ZSTD_DCtx* dctx = ZSTD_createDCtx();
-    if (dctx == nullptr) return Error(ErrorCode::kResourceLimit, "cannot start the zstd decoder");
-    Status s = DecodeZstd(dctx, layout.frame, ref, out);
-    ZSTD_freeDCtx(dctx);
-    return s;
-  }
-
   // Hands the output rebuilt ahead for the payload at |payload_start| to FinishSegment; look-
   // aheads of earlier payloads (none, unless a segment failed) are dropped, later ones run on.
   void TakePrefetch(uint64_t payload_start) {
@@ -1115,25 +1118,9 @@ class PatchApplier::Impl {
   }
 
   Status DecodeRef() {
-    ZstdRefLayout layout;
-    DS_RETURN_IF_ERROR(ParseZstdRefPayload(payload_, &layout));
-    uint64_t end;
     const uint64_t max_window =
         IsRecompressTransform(seg_.transform) ? header_.max_decoded : header_.max_ref_window;
-    if (layout.ref_length > max_window ||
-        !CheckedAddU64(layout.ref_offset, layout.ref_length, &end) || end > OldSize()) {
-      return Error(ErrorCode::kPatchMalformed, "reference window out of range");
-    }
-    ref_buf_.resize(layout.ref_length);
-    DS_RETURN_IF_ERROR(rb_.ReadOld(seg_.transform, old_decoded_, layout.ref_offset, ref_buf_));
-    if (seg_.method == Method::kZstdRef) return DecodeZstd(dctx(), layout.frame, ref_buf_, output_);
-    return DecodeLzmaRef(layout.frame, &ref_buf_, method_length_, output_);
-  }
-
-  // The old file as the current segment's method sees it: the decoded old stream for a
-  // recompression segment.
-  uint64_t OldSize() const {
-    return IsRecompressTransform(seg_.transform) ? old_decoded_.size() : old_->size();
+    return rb_.Ref(payload_, seg_.method, seg_.transform, old_decoded_, max_window, output_);
   }
 
   XzParams SegmentXzParams() const {
@@ -1216,14 +1203,13 @@ class PatchApplier::Impl {
   const OldSource* old_;
   OutputSink* out_;
   ApplyLimits limits_;
-  ZSTD_DCtx* dctx_ = nullptr;
 
   State state_ = State::kFileHeader;
   Status failure_;
   FileHeader header_;
   SegmentHeader seg_;
   uint32_t seg_crc_ = 0, seg_stored_crc_ = 0;
-  Bytes head_, payload_, output_, ref_buf_;
+  Bytes head_, payload_, output_;
   TargetMap target_map_;      // From the header's transform tables.
   FilterCache filter_cache_;  // Shared by rb_ and the look-ahead's rebuilders.
   SegmentRebuilder rb_;       // For the segment at hand when it was not rebuilt ahead.
