@@ -190,11 +190,22 @@ Status DecodeLzmaRef(ByteView src, Bytes* ref, uint64_t new_length, std::span<ui
   return Status::Ok();
 }
 
-// Each control entry yields at least one byte and takes at most three 10-byte varints.
+// This applier holds a control stream whole: it refuses (resource_limit) one longer than its
+// segment's output plus this much. Our generator's are 1-2 % of the output.
+constexpr uint64_t kControlSlack = 64 << 10;
+
+// Each control entry yields at least one byte and takes at most three 10-byte varints; beyond
+// what the format allows, a stream is malformed, beyond what this applier holds, too costly.
 Status CheckStreamSizes(const CopyDiffLayout& layout, uint64_t n) {
   if (layout.raw_len[kDiffStream] > n || layout.raw_len[kLiteralStream] > n ||
       layout.raw_len[kControlStream] > 30 * n) {
     return Error(ErrorCode::kPatchMalformed, "copydiff streams larger than their segment");
+  }
+  if (layout.raw_len[kControlStream] > n + kControlSlack) {
+    return Error(ErrorCode::kResourceLimit,
+                 "control stream of " + std::to_string(layout.raw_len[kControlStream]) +
+                     " bytes for a segment of " + std::to_string(n) +
+                     " (this applier holds at most the output's length + 64 KiB)");
   }
   return Status::Ok();
 }
@@ -1068,9 +1079,9 @@ class PatchApplier::Impl {
     }
   }
 
-  // The memory a look-ahead of the segment with header |h| holds (0: not rebuilt ahead): its
-  // streams and output, the filtered blocks of a transformed one; the reference, the output
-  // and LZMA2's dictionary holding both for a reference segment.
+  // The memory a look-ahead of the segment with header |h| and |payload| holds (0: not rebuilt
+  // ahead): its streams and output, the filtered blocks it pins for a transformed one; the
+  // reference, the output and LZMA2's dictionary holding both for a reference segment.
   uint64_t PrefetchMemory(const SegmentHeader& h, ByteView payload) const {
     if (h.new_length == 0 || h.new_length > header_.max_segment_output ||
         IsRecompressTransform(h.transform)) {
@@ -1081,7 +1092,23 @@ class PatchApplier::Impl {
     if (branch && !(header_.flags & kFlagCodeRegions)) return 0;
     const uint64_t filter_cache = branch ? 4 * kFilterBlockSize : 0;  // Its pins.
     if (h.method == Method::kCopyDiff) {
-      return h.new_length <= kPrefetchMaxOutput ? 3 * h.new_length + filter_cache : 0;
+      // The output, and each decoded stream (and LZMA2's dictionary while it decodes; a zero-run
+      // form is expanded but for the diff stream's). A hostile stream table that claims huge
+      // streams is left to the main path, which refuses it or decodes it alone.
+      CopyDiffLayout layout;
+      if (h.new_length > kPrefetchMaxOutput || !ParseCopyDiffPayload(payload, &layout).ok() ||
+          !CheckStreamSizes(layout, h.new_length).ok()) {
+        return 0;
+      }
+      uint64_t m = h.new_length + filter_cache;
+      for (int i = 0; i < 3; ++i) {
+        const uint64_t decoded = layout.zero_run[i] ? layout.form_len[i] : layout.raw_len[i];
+        if (layout.codec[i] != StreamCodec::kStored) {
+          m += decoded * (layout.codec[i] == StreamCodec::kLzma2 ? 2 : 1);
+        }
+        if (layout.zero_run[i] && i != kDiffStream) m += layout.raw_len[i];
+      }
+      return m;
     }
     if (h.method != Method::kLzmaRef && h.method != Method::kZstdRef) return 0;
     ZstdRefLayout layout;

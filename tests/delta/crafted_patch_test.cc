@@ -674,6 +674,21 @@ TEST_F(CraftedPatchTest, CopyDiffStreamsLargerThanSegmentAreMalformed) {
   }
 }
 
+TEST_F(CraftedPatchTest, ControlStreamLongerThanTheApplierHoldsIsResourceLimit) {
+  // Within the format's 30 bytes per output byte, but longer than the output + 64 KiB that this
+  // applier holds: refused before anything is decompressed or allocated.
+  neu_ = RandomBytes(4000, 5);
+  for (StreamCodec codec : {StreamCodec::kZstd, StreamCodec::kLzma2}) {
+    const Bytes body = {0x00};
+    CopyDiffLayout layout = CopyDiffOf({}, {}, {});
+    layout.codec[kControlStream] = codec;
+    layout.raw_len[kControlStream] = neu_.size() + (64 << 10) + 1;
+    layout.encoded[kControlStream] = body;
+    EXPECT_EQ(CodeOf(Apply(OneSegment(Method::kCopyDiff, PayloadOf(layout)))),
+              ErrorCode::kResourceLimit);
+  }
+}
+
 TEST_F(CraftedPatchTest, GarbageZstdStreamIsDecompressError) {
   RawPatch p = ValidCopyDiff();
   const Bytes control = EncodeControl({{10, 100, 12}});
