@@ -512,11 +512,11 @@ class SegmentRebuilder {
             old_end > old_size) {
           return Error(ErrorCode::kPatchMalformed, "copy reads outside the old file");
         }
-        uint8_t* dst = out.data() + out_pos;
         if (in_old_order) {
           batch_.push_back(PendingCopy{static_cast<uint64_t>(old_pos), out_pos, copy_len});
           if (batch_.size() == kCopyBatch) DS_RETURN_IF_ERROR(CopyBatch(t, out, diff));
         } else {
+          uint8_t* dst = out.data() + out_pos;
           DS_RETURN_IF_ERROR(ReadOld(t, decoded_old, old_pos, std::span<uint8_t>(dst, copy_len)));
           diff.Add(dst, copy_len);
         }
