@@ -323,11 +323,12 @@ class CopyConsumer : public ObjectConsumer {
 class PatchConsumer : public ObjectConsumer {
  public:
   PatchConsumer(const delta::OldSource* old, InstallSink* sink, std::string checkpoint_path,
-                std::string object_sha256)
+                std::string object_sha256, const delta::ApplyLimits& limits)
       : old_(old),
         sink_(sink),
         checkpoint_path_(std::move(checkpoint_path)),
-        object_(std::move(object_sha256)) {
+        object_(std::move(object_sha256)),
+        limits_(limits) {
     // The agent hashed the installed file itself before choosing this delta.
     limits_.verify_old_hash = false;
   }
@@ -716,8 +717,10 @@ Result<std::unique_ptr<StagedOutput>> Agent::Impl::Rebuild(
   if (d.is_delta()) {
     DS_ASSIGN_OR_RETURN(old_file, RandomAccessFile::Open(base_path));
     old_source = std::make_unique<delta::FileOldSource>(old_file.get());
-    consumer =
-        std::make_unique<PatchConsumer>(old_source.get(), &sink, dl + "/apply.json", d.sha256);
+    delta::ApplyLimits limits;
+    if (config_.max_encoder_memory > 0) limits.max_encoder_memory = config_.max_encoder_memory;
+    consumer = std::make_unique<PatchConsumer>(old_source.get(), &sink, dl + "/apply.json",
+                                               d.sha256, limits);
   } else {
     consumer = std::make_unique<CopyConsumer>(&sink);
   }

@@ -74,6 +74,10 @@ struct AgentConfig {
   // "http" (default) or "udp": fetch objects over the proxy's UDP carrier with FEC
   // (docs/PROTOCOL.md, "UDP carrier"), falling back to HTTP for whatever it did not deliver.
   std::string carrier = "http";
+  // Most memory the re-encoding of an .xz member (a Debian package's data.tar.xz) may take when a
+  // delta is applied, in bytes; 0: the applier's default (128 MiB). A delta that declares more
+  // (liblzma needs ~95 MiB at xz -6) is not applied: the artifact's fallback policy decides.
+  uint64_t max_encoder_memory = 0;
   ControllerConfig controller;
   DeployConfig deploy;
 

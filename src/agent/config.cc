@@ -103,7 +103,12 @@ Result<AgentConfig> LoadConfig(const std::string& path) {
   int max_in_flight = c.controller.max_in_flight;
   get(doc, "max_chunk_kib", &max_chunk_kib, false);
   get(doc, "max_in_flight", &max_in_flight, false);
+  uint64_t max_encoder_memory_mib = 0;
+  get(doc, "max_encoder_memory_mib", &max_encoder_memory_mib, false);
   DS_RETURN_IF_ERROR(problem);
+  if (max_encoder_memory_mib > (1u << 20))
+    return Bad("\"max_encoder_memory_mib\" is at most 1048576");
+  c.max_encoder_memory = max_encoder_memory_mib << 20;
   c.controller.max_chunk = max_chunk_kib << 10;
   c.controller.max_in_flight = max_in_flight;
   if (c.carrier != "http" && c.carrier != "udp") return Bad("\"carrier\" is \"http\" or \"udp\"");
