@@ -963,12 +963,12 @@ class PatchApplier::Impl {
     ready_offset_ = kNoPrefetch;
     if (recompress) DS_RETURN_IF_ERROR(LoadOldDecoded().WithContext(where));
     // A recompression segment's method produces the new decoded form; any other the new bytes.
-    method_length_ = recompress ? seg_.decoded_length : seg_.new_length;
-    output_.resize(method_length_);
+    const uint64_t method_length = recompress ? seg_.decoded_length : seg_.new_length;
+    output_.resize(method_length);
     Status s;
     switch (seg_.method) {
       case Method::kStored:
-        if (payload_.size() != method_length_) {
+        if (payload_.size() != method_length) {
           s = Error(ErrorCode::kPatchMalformed, "stored payload length differs from its range");
         } else {
           std::memcpy(output_.data(), payload_.data(), payload_.size());
@@ -1259,13 +1259,11 @@ class PatchApplier::Impl {
   uint64_t ready_offset_ = kNoPrefetch;
   Bytes ready_out_;  // The output of the segment at ready_offset_, rebuilt ahead.
   static constexpr size_t kParallelUnfilterMin = 512 << 10;
-  // Recompression segments: the decoded form of the old stream last named, and the method's
-  // output length.
+  // Recompression segments: the decoded form of the old stream last named.
   Bytes old_decoded_;
   uint64_t old_decoded_offset_ = 0, old_decoded_stream_length_ = 0;
   Transform old_decoded_kind_ = Transform::kNone;
   bool old_decoded_valid_ = false;
-  uint64_t method_length_ = 0;
   uint64_t segments_done_ = 0;
   uint64_t output_bytes_ = 0;
   uint64_t patch_offset_ = 0;  // Patch bytes consumed.
