@@ -16,6 +16,7 @@ build="${BUILD_DIR:-$root/build-fuzz}"
 all_fuzzers="patch_apply_fuzzer patch_inspect_fuzzer delta_roundtrip_fuzzer vcdiff_apply_fuzzer stream_parse_fuzzer"
 all_fuzzers="$all_fuzzers elf_parse_fuzzer"
 all_fuzzers+=" fec_packet_fuzzer fec_receiver_fuzzer deflate_puff_fuzzer deflate_streams_fuzzer"
+all_fuzzers+=" lzma_replay_fuzzer"
 read -r -a fuzzers <<<"${FUZZERS:-$all_fuzzers}"
 
 CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DDS_FUZZ=ON \
