@@ -36,7 +36,7 @@ script records how many CPUs' worth of other work ran meanwhile, flags noisy mea
 the report header, and with --wait-idle S waits up to S seconds for a quiet machine before
 each command.
 
-Transforms (DSPF 1.1 branch, 1.2 deflate and xz): for each patch of ours the table shows which segment transforms it
+Transforms (DSPF 1.1 branch, 1.2 deflate and xz, 1.4 xz-replay): for each patch of ours the table shows which segment transforms it
 used and the bytes the generator says they saved ("ours transform", read from the patch header
 and segment headers). --ours-generic CMD adds a second run of ours with another command (for
 example a wrapper that turns transforms off, or an older build), shown as "ours-generic" with
@@ -184,7 +184,7 @@ def make_tools(deltastream, ours_generic=None):
                              zstd_tool("zstd-22", ["--ultra", "-22"])]
 
 
-TRANSFORM_NAMES = {1: "x86-branch", 2: "arm64-branch", 3: "deflate", 4: "xz"}
+TRANSFORM_NAMES = {1: "x86-branch", 2: "arm64-branch", 3: "deflate", 4: "xz", 5: "xz-replay"}
 
 
 def _varint(buf, pos):
@@ -228,7 +228,7 @@ def dspf_transforms(path):
             _, pos = _varint(buf, pos)
             _, pos = _varint(buf, pos)
             saved[3], pos = _varint(buf, pos)
-            saved[4] = saved[3]
+            saved[4] = saved[5] = saved[3]
         if flags & 1:
             t = end
             for _ in range(2):  # old and new regions

@@ -18,6 +18,7 @@
 #include "common/hash.h"
 #include "delta/delta.h"
 #include "delta/delta_gen.h"
+#include "delta/lzma_replay.h"
 #include "delta/patch_format.h"
 #include "delta/vcdiff.h"
 #include "delta/vcdiff_format.h"
@@ -146,6 +147,15 @@ std::vector<Case> Cases() {
     // An .xz file with an edit: the xz transform (DSPF 1.2).
     Bytes text = Text(6000, 14);
     Case c{"xz", Xz(text), {}, Small(1 << 20, false)};
+    text.insert(text.begin() + 2000, text.begin() + 10, text.begin() + 60);
+    c.new_bytes = Xz(text);
+    cases.push_back(c);
+  }
+  {
+    // The same with the stream rebuilt by liblzma (transform xz) instead of its replay form.
+    Bytes text = Text(6000, 14);
+    Case c{"xz-liblzma", Xz(text), {}, Small(1 << 20, false)};
+    c.options.max_encoder_memory = 128ull << 20;
     text.insert(text.begin() + 2000, text.begin() + 10, text.begin() + 60);
     c.new_bytes = Xz(text);
     cases.push_back(c);
@@ -486,6 +496,47 @@ int main(int argc, char** argv) {
       Bytes trailing = *patch;
       trailing.push_back(0);
       Write(inspect_dir, "seed-mixed-trailing", trailing);
+    }
+  }
+
+  // xz replay forms: streams (first byte 0) and their forms (first byte 1, without magic and
+  // version): text, incompressible bytes (uncompressed LZMA2 chunks), several blocks, no content.
+  {
+    const auto replay_dir = out / "lzma_replay_fuzzer";
+    Bytes mixed = Text(3000, 30);
+    const Bytes noise = Random(1500, 31);
+    mixed.insert(mixed.end(), noise.begin(), noise.end());
+    lzma_stream ms = LZMA_STREAM_INIT;
+    lzma_mt mt{};
+    mt.threads = 1;
+    mt.preset = 1;
+    mt.block_size = 1024;
+    mt.check = LZMA_CHECK_SHA256;
+    Bytes blocks(lzma_stream_buffer_bound(mixed.size()) + 4096);
+    if (lzma_stream_encoder_mt(&ms, &mt) != LZMA_OK) return 1;
+    ms.next_in = mixed.data();
+    ms.avail_in = mixed.size();
+    ms.next_out = blocks.data();
+    ms.avail_out = blocks.size();
+    if (lzma_code(&ms, LZMA_FINISH) != LZMA_STREAM_END) return 1;
+    blocks.resize(blocks.size() - ms.avail_out);
+    lzma_end(&ms);
+    for (const auto& [name, stream] :
+         std::vector<std::pair<std::string, Bytes>>{{"text", Xz(Text(4000, 32))},
+                                                    {"mixed", Xz(mixed)},
+                                                    {"blocks", blocks},
+                                                    {"empty", Xz({})}}) {
+      Bytes in = {0};
+      in.insert(in.end(), stream.begin(), stream.end());
+      Write(replay_dir, "seed-stream-" + name, in);
+      ds::Result<ds::delta::ReplayForm> f = ds::delta::XzToReplayForm(stream, 1 << 20);
+      if (!f.ok()) {
+        std::fprintf(stderr, "replay %s: %s\n", name.c_str(), f.status().ToString().c_str());
+        return 1;
+      }
+      Bytes form = {1};
+      form.insert(form.end(), f->form.begin() + 5, f->form.end());
+      Write(replay_dir, "seed-form-" + name, form);
     }
   }
 

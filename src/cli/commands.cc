@@ -56,6 +56,7 @@ Status RunDiff(const DiffArgs& args) {
   delta::GenerateOptions options = args.options;
   if (args.no_zstd_ref) options.try_zstd_ref = false;
   if (args.no_transforms) options.try_transforms = options.try_recompress = false;
+  options.max_encoder_memory = args.max_encoder_memory_mib << 20;
   delta::GenerateStats stats;
   DS_ASSIGN_OR_RETURN(Bytes patch,
                       delta::GeneratePatch(old_map->bytes(), new_map->bytes(), options, &stats));
@@ -254,6 +255,11 @@ Status RunInspect(const InspectArgs& args) {
                 std::to_string(s.header.xz_block_size) + "): old stream [" +
                 std::to_string(s.header.old_offset) + ", +" + std::to_string(s.header.old_length) +
                 "), content " + std::to_string(s.header.old_decoded_length) + " -> " +
+                std::to_string(s.header.decoded_length) + " B";
+    } else if (s.header.transform == delta::Transform::kXzReplay) {
+      detail += ", transform xz-replay: old stream [" + std::to_string(s.header.old_offset) +
+                ", +" + std::to_string(s.header.old_length) + "), replay forms " +
+                std::to_string(s.header.old_decoded_length) + " -> " +
                 std::to_string(s.header.decoded_length) + " B";
     } else if (s.header.transform != delta::Transform::kNone) {
       detail += std::string(", transform ") + delta::TransformName(s.header.transform);

@@ -18,6 +18,7 @@ struct DiffArgs {
   delta::VcdiffEncodeOptions vcdiff;
   bool no_zstd_ref = false;
   bool no_transforms = false;  // Neither the executable nor the recompression transforms.
+  uint64_t max_encoder_memory_mib = delta::GenerateOptions{}.max_encoder_memory >> 20;
   bool verbose = false;
 };
 Status RunDiff(const DiffArgs& args);

@@ -35,6 +35,12 @@ int main(int argc, char** argv) {
   d->add_flag("--no-transforms", diff.no_transforms,
               "Plain byte diff only: no executable (branch) or recompression (deflate, xz) "
               "transforms");
+  d->add_option("--max-encoder-memory-mib", diff.max_encoder_memory_mib,
+                "Largest xz encoder the devices may run (MiB): .xz streams a liblzma preset within "
+                "it reproduces are rebuilt by liblzma (smallest patches), the others from their "
+                "replay forms (no encoder, any LZMA2 encoder); 0 = replay forms only")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
   d->add_option("--format", diff.format,
                 "Patch format: dspf (deltastream) or vcdiff (RFC 3284, decodes with xdelta3 -d)")
       ->check(CLI::IsMember({"dspf", "vcdiff"}))
@@ -143,6 +149,12 @@ int main(int argc, char** argv) {
   sv->add_option("--worth-ratio", serve.worth_ratio,
                  "Serve a delta only below this fraction of the compressed artifact")
       ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  sv->add_option("--max-encoder-memory-mib", serve.max_encoder_memory_mib,
+                 "Deltas of .xz streams may re-encode them with liblzma when a preset within this "
+                 "much encoder memory (MiB) reproduces them (smallest deltas; devices must afford "
+                 "it); 0 = replay forms only (any device)")
+      ->check(CLI::Range(0, 1 << 20))
       ->capture_default_str();
   sv->add_option("--metadata-ttl-days", serve.metadata_ttl_days, "Signed metadata lifetime")
       ->check(CLI::Range(1, 3650))

@@ -161,6 +161,7 @@ Status RunProxy(const ServeArgs& args, const std::string& host, uint16_t port,
   po.udp_host = host;
   po.ondemand_queue = args.ondemand_queue;
   po.ondemand_memory_budget = args.ondemand_memory_mib << 20;
+  po.max_encoder_memory = args.max_encoder_memory_mib << 20;
   po.ondemand_max_bytes = args.ondemand_max_mib << 20;
   DS_ASSIGN_OR_RETURN(po.store, repo::ParseStorePolicy(args.store));
   po.keyframe_every = args.keyframe_every;
@@ -216,6 +217,7 @@ Status RunServe(const ServeArgs& args) {
   ro.job_workers = args.job_workers;
   ro.job_memory_budget = args.job_memory_mib << 20;
   ro.worth_ratio = args.worth_ratio;
+  ro.max_encoder_memory = args.max_encoder_memory_mib << 20;
   ro.metadata_ttl_seconds = args.metadata_ttl_days * 24 * 3600;
   ro.signing_key_path = args.signing_key;
   DS_ASSIGN_OR_RETURN(std::unique_ptr<repo::Repository> repository, repo::Repository::Open(ro));

@@ -21,6 +21,7 @@ struct ServeArgs {
   int job_workers = 1;
   uint64_t job_memory_mib = 4096;
   double worth_ratio = 0.9;
+  uint64_t max_encoder_memory_mib = 0;
   int64_t metadata_ttl_days = 30;
   bool require_read_token = false;
   uint64_t max_artifact_mib = 16384;

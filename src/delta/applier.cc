@@ -23,6 +23,7 @@
 #include "delta/branch_filter.h"
 #include "delta/deflate_puff.h"
 #include "delta/delta.h"
+#include "delta/lzma_replay.h"
 #include "delta/vcdiff.h"
 #include "delta/xz_rebuild.h"
 
@@ -985,12 +986,15 @@ class PatchApplier::Impl {
     if (!s.ok()) return s.WithContext(where);
     // The method rebuilt the transformed bytes; undo the transform (docs/FORMAT.md).
     if (recompress) {
-      Result<Bytes> stream = seg_.transform == Transform::kDeflate
-                                 ? Huff(output_)
+      Result<Bytes> stream = seg_.transform == Transform::kDeflate ? Huff(output_)
+                             : seg_.transform == Transform::kXzReplay
+                                 ? XzFromReplayForm(output_)
                                  : XzEncode(output_, SegmentXzParams());
       if (!stream.ok()) {
         return stream.status().WithContext(
-            where + (seg_.transform == Transform::kDeflate ? " (new puff)" : " (xz re-encoding)"));
+            where + (seg_.transform == Transform::kDeflate    ? " (new puff)"
+                     : seg_.transform == Transform::kXzReplay ? " (new xz replay form)"
+                                                              : " (xz re-encoding)"));
       }
       if (stream->size() != seg_.new_length) {
         return Error(ErrorCode::kPatchOutputMismatch,
@@ -1202,6 +1206,15 @@ class PatchApplier::Impl {
         bad = Error(ErrorCode::kPatchMalformed, "lengths differ");
       } else {
         old_decoded_ = std::move(p->puff);
+      }
+    } else if (seg_.transform == Transform::kXzReplay) {
+      Result<ReplayForm> f = XzToReplayForm(stream, seg_.old_decoded_length);
+      if (!f.ok()) {
+        bad = f.status();
+      } else if (f->stream_size != seg_.old_length || f->form.size() != seg_.old_decoded_length) {
+        bad = Error(ErrorCode::kPatchMalformed, "lengths differ");
+      } else {
+        old_decoded_ = std::move(f->form);
       }
     } else {
       uint64_t consumed = 0;

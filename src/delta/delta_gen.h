@@ -48,8 +48,14 @@ struct GenerateOptions {
   // Largest decoded form (puff or xz content, old or new) of a stream these transforms take on;
   // the applier holds two of them and the stream.
   uint64_t max_decoded = 16ull << 20;
-  // xz streams whose settings need more encoder memory than this (at apply time) are left alone.
-  uint64_t max_encoder_memory = 128ull << 20;
+  // How .xz streams are rebuilt: by compressing their content again with the liblzma preset
+  // proven to reproduce them (transform xz: the smallest patches, but the device runs liblzma's
+  // encoder, ~94 MiB at xz -6, and proving costs a compression) when that preset's encoder needs
+  // at most this much memory; otherwise from their replay forms (transform xz-replay: content
+  // plus the encoder's decisions, coded again on the device without a match finder, for any
+  // LZMA2 encoder; larger patches). 0 (the default): replay forms only, so that every device can
+  // apply the patch in bounded memory whatever liblzma it has.
+  uint64_t max_encoder_memory = 0;
   // Worker threads; 0 = one per core.
   int threads = 0;
 };

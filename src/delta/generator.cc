@@ -20,6 +20,7 @@
 #include "delta/deflate_streams.h"
 #include "delta/delta_gen.h"
 #include "delta/elf.h"
+#include "delta/lzma_replay.h"
 #include "delta/matcher.h"
 #include "delta/patch_format.h"
 #include "delta/suffix_array.h"
@@ -196,7 +197,8 @@ Result<StreamCoding> CodeStream(ByteView src, int stream, int level, Compressor*
 }
 
 Result<EncodedSegment> EncodeCopyDiff(ByteView old, ByteView neu, uint64_t begin,
-                                      const std::vector<CopyOp>& ops, int level, Compressor* comp) {
+                                      const std::vector<CopyOp>& ops, int level, Compressor* comp,
+                                      bool parallel_streams = false) {
   Bytes streams[3];
   ByteWriter ctrl(&streams[kControlStream]);
   Bytes& diff = streams[kDiffStream];
@@ -232,10 +234,11 @@ Result<EncodedSegment> EncodeCopyDiff(ByteView old, ByteView neu, uint64_t begin
   }
   Bytes encoded[3], forms[3];
   CopyDiffLayout layout;
-  for (int i = 0; i < 3; ++i) {
+  // Codes stream |i| into layout/encoded (each stream touches only its own entries).
+  auto code = [&](int i, Compressor* c) -> Status {
     layout.raw_len[i] = streams[i].size();
     layout.encoded[i] = streams[i];
-    if (streams[i].empty()) continue;
+    if (streams[i].empty()) return Status::Ok();
     // Sparse streams (mostly zeros: the diff of code that barely changed) are coded in zero-run
     // form, at a twentieth of the time and about the same size; the stream as it is is tried
     // too when it is small enough to be cheap.
@@ -243,14 +246,10 @@ Result<EncodedSegment> EncodeCopyDiff(ByteView old, ByteView neu, uint64_t begin
     const bool try_form = forms[i].size() * 2 <= streams[i].size();
     std::optional<StreamCoding> form, raw;
     if (try_form) {
-      auto c = CodeStream(forms[i], i, level, comp);
-      if (!c.ok()) return c.status();
-      form = std::move(c).value();
+      DS_ASSIGN_OR_RETURN(form, CodeStream(forms[i], i, level, c));
     }
     if (!try_form || streams[i].size() <= kRawStreamTrialLimit) {
-      auto c = CodeStream(streams[i], i, level, comp);
-      if (!c.ok()) return c.status();
-      raw = std::move(c).value();
+      DS_ASSIGN_OR_RETURN(raw, CodeStream(streams[i], i, level, c));
     }
     if (form.has_value() &&
         (!raw.has_value() || form->size + VarintSize(forms[i].size()) < raw->size)) {
@@ -268,6 +267,23 @@ Result<EncodedSegment> EncodeCopyDiff(ByteView old, ByteView neu, uint64_t begin
       encoded[i] = std::move(raw->bytes);
       layout.encoded[i] = encoded[i];
     }
+    return Status::Ok();
+  };
+  if (parallel_streams) {
+    // The diff and literal streams on threads of their own (one large segment: nothing else to
+    // run beside it).
+    Compressor extra[2];
+    std::future<Status> diff_done =
+        std::async(std::launch::async, [&] { return code(1, &extra[0]); });
+    std::future<Status> lit_done =
+        std::async(std::launch::async, [&] { return code(2, &extra[1]); });
+    const Status ctrl_done = code(0, comp);
+    const Status d = diff_done.get(), l = lit_done.get();
+    DS_RETURN_IF_ERROR(ctrl_done);
+    DS_RETURN_IF_ERROR(d);
+    DS_RETURN_IF_ERROR(l);
+  } else {
+    for (int i = 0; i < 3; ++i) DS_RETURN_IF_ERROR(code(i, comp));
   }
   EncodedSegment s;
   s.header.method = Method::kCopyDiff;
@@ -813,14 +829,16 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
   return patch;
 }
 
-// A stream a recompression transform can rebuild: a deflate stream (decoded = its puff) or an
-// .xz stream (decoded = its content, params = the settings that reproduce it).
+// A stream a recompression transform can rebuild: a deflate stream (decoded = its puff), an .xz
+// stream liblzma rebuilds (decoded = its content, xz = the settings that reproduce it) or one
+// rebuilt from its replay form (decoded = the form).
 struct RecompressStream {
   Transform kind = Transform::kNone;
   std::string name;
   uint64_t offset = 0, length = 0;
   Bytes decoded;
   XzParams xz;
+  Bytes xz_content;  // Old .xz streams (kind xz-replay, decoded = the form): their content.
 };
 
 // The streams of |file|, sorted by offset and disjoint. |prove|: new file (xz settings needed).
@@ -836,7 +854,13 @@ std::vector<RecompressStream> FindRecompressStreams(ByteView file, bool prove,
   xl.max_content = options.max_decoded;
   xl.max_encoder_memory = options.max_encoder_memory;
   for (XzStream& x : FindXzStreams(file, prove, xl)) {
-    out.push_back({Transform::kXz, x.name, x.offset, x.length, std::move(x.content), x.params});
+    // Old streams keep both decoded forms: the new namesake picks the one its transform reads.
+    if (!prove || !x.reencode) {
+      out.push_back({Transform::kXzReplay, x.name, x.offset, x.length, std::move(x.form), x.params,
+                     std::move(x.content)});
+    } else {
+      out.push_back({Transform::kXz, x.name, x.offset, x.length, std::move(x.content), x.params});
+    }
   }
   std::sort(out.begin(), out.end(), [](const RecompressStream& a, const RecompressStream& b) {
     return a.offset < b.offset;
@@ -847,6 +871,135 @@ std::vector<RecompressStream> FindRecompressStreams(ByteView file, bool prove,
     disjoint.push_back(std::move(r));
   }
   return disjoint;
+}
+
+// The copies that rebuild all of |neu| from |old| (one suffix array over |old|).
+Result<std::vector<CopyOp>> MatchWhole(ByteView old, ByteView neu) {
+  DS_ASSIGN_OR_RETURN(SuffixArray sa, SuffixArray::Build(old));
+  return MatchRange(sa, neu, 0, neu.size());
+}
+
+// Copies that rebuild the section [begin, +length) of |neu| from the section |old| of a larger
+// buffer starting at |old_base|, shifted to that buffer's offsets.
+Result<std::vector<CopyOp>> MatchSection(ByteView old, uint64_t old_base, ByteView neu,
+                                         uint64_t begin, uint64_t length) {
+  if (length == 0) return std::vector<CopyOp>();
+  if (old.empty()) return std::vector<CopyOp>{CopyOp{0, 0, length}};
+  DS_ASSIGN_OR_RETURN(SuffixArray sa, SuffixArray::Build(old));
+  // Halves matched at once (the suffix array is shared; the halves' copies simply follow).
+  const uint64_t half = length >= (2u << 20) ? length / 2 : length;
+  std::future<std::vector<CopyOp>> second;
+  if (half < length) {
+    second = std::async(std::launch::async,
+                        [&] { return MatchRange(sa, neu, begin + half, begin + length); });
+  }
+  std::vector<CopyOp> ops = MatchRange(sa, neu, begin, begin + half);
+  if (half < length) {
+    std::vector<CopyOp> rest = second.get();
+    ops.insert(ops.end(), rest.begin(), rest.end());
+  }
+  for (CopyOp& op : ops) {
+    if (op.copy_len > 0) op.old_pos += old_base;
+  }
+  return ops;
+}
+
+// The copies that rebuild the parse of replay form |neu| from that of |old|, aligned through the
+// content: where the new content at a token's start was copied from old content at which an old
+// token of the same size starts, the new token is taken from that old token (with the copydiff's
+// diff bytes mending a length or a distance); the next tokens keep that alignment while the old
+// parse has tokens of the same sizes there; the others are literal. |content_ops| rebuild the
+// new content section (form offsets). Linear (4 bytes per old content byte for the lookup) — a
+// suffix array over a parse (small values, long repeats) is slow to search and finds matches
+// that do not belong together.
+Result<std::vector<CopyOp>> AlignParse(ByteView old, const ReplayFormLayout& o, ByteView neu,
+                                       const ReplayFormLayout& n,
+                                       const std::vector<CopyOp>& content_ops) {
+  DS_ASSIGN_OR_RETURN(std::vector<ReplayToken> old_tokens, ReplayFormTokens(old));
+  DS_ASSIGN_OR_RETURN(std::vector<ReplayToken> new_tokens, ReplayFormTokens(neu));
+  auto token_size = [](ByteView form, uint64_t at) -> uint64_t {
+    const uint8_t kind = form[at] & 0x07;
+    return kind == 1 ? 5 : (kind >= 3 ? 2 : 1);
+  };
+  std::vector<bool> old_start(o.parse_length);
+  for (const ReplayToken& t : old_tokens) old_start[t.form_offset - o.parse_offset] = true;
+  // The old token starting at each byte of the old content section (UINT32_MAX: none).
+  std::vector<uint32_t> old_at(o.content_length, UINT32_MAX);
+  if (old_tokens.size() >= UINT32_MAX) return Error(ErrorCode::kResourceLimit, "parse too long");
+  for (size_t i = 0; i < old_tokens.size(); ++i) {
+    if (old_tokens[i].mapped) old_at[old_tokens[i].content_pos - o.content_offset] = i;
+  }
+  const uint64_t old_end = o.parse_offset + o.parse_length;
+
+  std::vector<CopyOp> ops;
+  CopyOp cur;
+  bool open = false;
+  size_t op_i = 0;
+  uint64_t op_new = n.content_offset;  // Where content_ops[op_i] starts in the new form.
+  int64_t delta = 0;
+  bool aligned = false;
+  for (const ReplayToken& t : new_tokens) {
+    const uint64_t p = t.form_offset;
+    const uint64_t size = token_size(neu, p);
+    const uint64_t c = t.content_pos;
+    while (t.mapped && op_i < content_ops.size() &&
+           c >= op_new + content_ops[op_i].copy_len + content_ops[op_i].lit_len) {
+      op_new += content_ops[op_i].copy_len + content_ops[op_i].lit_len;
+      ++op_i;
+    }
+    bool found = false;
+    if (t.mapped && op_i < content_ops.size() && c >= op_new &&
+        c < op_new + content_ops[op_i].copy_len) {
+      const uint64_t old_c = content_ops[op_i].old_pos + (c - op_new);
+      const uint32_t j = old_c >= o.content_offset && old_c - o.content_offset < old_at.size()
+                             ? old_at[old_c - o.content_offset]
+                             : UINT32_MAX;
+      if (j != UINT32_MAX && token_size(old, old_tokens[j].form_offset) == size) {
+        delta = static_cast<int64_t>(old_tokens[j].form_offset) - static_cast<int64_t>(p);
+        aligned = found = true;
+      }
+    }
+    if (!found && aligned) {
+      const uint64_t q = p + delta;
+      found = q >= o.parse_offset && q < old_end && old_start[q - o.parse_offset] &&
+              token_size(old, q) == size;
+    }
+    if (found) {
+      const uint64_t q = p + delta;
+      if (open && cur.lit_len == 0 && cur.copy_len > 0 && cur.old_pos + cur.copy_len == q) {
+        cur.copy_len += size;
+      } else {
+        if (open) ops.push_back(cur);
+        cur = CopyOp{q, size, 0};
+        open = true;
+      }
+    } else if (open) {
+      cur.lit_len += size;
+    } else {
+      cur = CopyOp{0, 0, size};
+      open = true;
+    }
+  }
+  if (open) ops.push_back(cur);
+  return ops;
+}
+
+// Two xz replay forms are matched section by section: content against content through a suffix
+// array, the parse aligned through the content (AlignParse), the few header and frame bytes as
+// literals.
+Result<std::vector<CopyOp>> MatchReplayForms(ByteView old, ByteView neu) {
+  DS_ASSIGN_OR_RETURN(ReplayFormLayout o, ReplayFormSections(old));
+  DS_ASSIGN_OR_RETURN(ReplayFormLayout n, ReplayFormSections(neu));
+  DS_ASSIGN_OR_RETURN(std::vector<CopyOp> content,
+                      MatchSection(old.subspan(o.content_offset, o.content_length),
+                                   o.content_offset, neu, n.content_offset, n.content_length));
+  DS_ASSIGN_OR_RETURN(std::vector<CopyOp> parse, AlignParse(old, o, neu, n, content));
+  std::vector<CopyOp> ops;
+  ops.push_back(CopyOp{0, 0, n.content_offset});  // Header: literal.
+  ops.insert(ops.end(), content.begin(), content.end());
+  ops.push_back(CopyOp{0, 0, n.frame_length});  // Frame: literal.
+  ops.insert(ops.end(), parse.begin(), parse.end());
+  return ops;
 }
 
 // A piece of the new file in a recompression plan: a stream rebuilt from its decoded form
@@ -870,14 +1023,16 @@ struct PieceResult {
 // stream pairs up or no such segment beats its plain encoding.
 Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
                                  std::vector<RecompressStream> new_streams,
+                                 std::vector<RecompressStream> old_streams,
                                  const GenerateOptions& options, GenerateStats& st) {
   const auto t0 = Clock::now();
   if (new_streams.empty()) return Bytes();
-  std::vector<RecompressStream> old_streams = FindRecompressStreams(old, false, options);
   std::vector<std::pair<size_t, size_t>> pairs;  // (new stream, old stream)
   for (size_t i = 0; i < new_streams.size(); ++i) {
     for (size_t j = 0; j < old_streams.size(); ++j) {
-      if (old_streams[j].kind == new_streams[i].kind &&
+      const bool xz_pair =
+          new_streams[i].kind == Transform::kXz && old_streams[j].kind == Transform::kXzReplay;
+      if ((old_streams[j].kind == new_streams[i].kind || xz_pair) &&
           old_streams[j].name == new_streams[i].name) {
         pairs.emplace_back(i, j);
         break;
@@ -953,18 +1108,24 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
       r.status = encode_plain();
       return;
     }
-    // In the decoded space.
-    Result<SuffixArray> dsa = SuffixArray::Build(os.decoded);
-    if (!dsa.ok()) {
-      r.status = dsa.status();
+    // In the decoded space. A new stream liblzma rebuilds reads the old one's content.
+    const ByteView old_decoded = ns.kind == Transform::kXz && os.kind == Transform::kXzReplay
+                                     ? ByteView(os.xz_content)
+                                     : ByteView(os.decoded);
+    const uint64_t p = ns.decoded.size();
+    Result<std::vector<CopyOp>> matched = ns.kind == Transform::kXzReplay
+                                              ? MatchReplayForms(old_decoded, ns.decoded)
+                                              : MatchWhole(old_decoded, ns.decoded);
+    if (!matched.ok()) {
+      r.status = matched.status();
       return;
     }
-    const uint64_t p = ns.decoded.size();
-    std::vector<CopyOp> dops = MatchRange(*dsa, ns.decoded, 0, p);
+    std::vector<CopyOp> dops = std::move(matched).value();
     const bool text = LooksLikeText(ns.decoded);
     PruneCopies(&dops, 0, text ? kTextLiteralCost : kBinaryLiteralCost);
     Result<EncodedSegment> best =
-        EncodeCopyDiff(os.decoded, ns.decoded, 0, dops, options.stream_level, comp);
+        EncodeCopyDiff(old_decoded, ns.decoded, 0, dops, options.stream_level, comp,
+                       /*parallel_streams=*/p >= (4u << 20));
     if (!best.ok()) {
       r.status = best.status();
       return;
@@ -972,7 +1133,7 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
     // Text with many small edits: LZMA2 over the whole old decoded form often does better.
     if (text && best->encoded_size() * 100 > p && p <= options.whole_file_limit) {
       Result<EncodedSegment> lz =
-          EncodeRef(os.decoded, ns.decoded, 0, p, 0, os.decoded.size(), 0, comp);
+          EncodeRef(old_decoded, ns.decoded, 0, p, 0, old_decoded.size(), 0, comp);
       if (!lz.ok()) {
         r.status = lz.status();
         return;
@@ -998,7 +1159,7 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
       h.transform = ns.kind;
       h.old_offset = os.offset;
       h.old_length = os.length;
-      h.old_decoded_length = os.decoded.size();
+      h.old_decoded_length = old_decoded.size();
       h.decoded_length = p;
       if (ns.kind == Transform::kXz) {
         h.xz_preset = ns.xz.preset;
@@ -1020,7 +1181,8 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
   header.flags = kFlagRecompress;
   header.minor = 2;
   for (const PieceResult& r : results) {
-    if (r.seg.zero_run) header.minor = 3;  // Zero-run streams are 1.3.
+    if (r.seg.zero_run) header.minor = std::max<uint8_t>(header.minor, 3);  // Zero-run: 1.3.
+    if (r.seg.header.transform == Transform::kXzReplay) header.minor = 4;   // xz-replay: 1.4.
   }
   header.recompress_saved = saved;
   for (size_t i = 0; i < pieces.size(); ++i) {
@@ -1070,20 +1232,23 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
       options.ref_level < 1 || options.ref_level > 22) {
     return Error(ErrorCode::kInvalidArgument, "bad generator options");
   }
-  // The new file's streams are found (and proven rebuildable, which costs a compression) while
-  // the plain patch is made.
   const bool recompress = options.try_recompress && !old.empty() && !neu.empty();
-  std::future<std::vector<RecompressStream>> new_streams;
-  if (recompress) {
-    new_streams =
-        std::async(std::launch::async, [&] { return FindRecompressStreams(neu, true, options); });
-  }
-  Result<Bytes> plain = GenerateGeneric(old, neu, options, st);
-  if (!recompress) return plain;
-  std::vector<RecompressStream> streams = new_streams.get();
-  if (!plain.ok()) return plain;
+  if (!recompress) return GenerateGeneric(old, neu, options, st);
+  // The plain patch is made on threads of its own while the recompression plan is: finding the
+  // streams (and proving that they rebuild), then matching and coding their decoded forms. Both
+  // have single-threaded stretches (decoding, suffix sorting), which the other fills.
+  GenerateStats ps;
+  std::future<Result<Bytes>> plain_future =
+      std::async(std::launch::async, [&] { return GenerateGeneric(old, neu, options, ps); });
+  std::future<std::vector<RecompressStream>> old_streams =
+      std::async(std::launch::async, [&] { return FindRecompressStreams(old, false, options); });
+  std::vector<RecompressStream> streams = FindRecompressStreams(neu, true, options);
+  std::vector<RecompressStream> old_found = old_streams.get();
   GenerateStats rs;
-  Result<Bytes> recompressed = GenerateRecompress(old, neu, std::move(streams), options, rs);
+  Result<Bytes> recompressed =
+      GenerateRecompress(old, neu, std::move(streams), std::move(old_found), options, rs);
+  Result<Bytes> plain = plain_future.get();
+  if (!plain.ok()) return plain;
   if (!recompressed.ok()) return recompressed.status();
   // Never larger than the plain patch.
   if (!recompressed->empty() && recompressed->size() < plain->size()) {
@@ -1091,6 +1256,7 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
     st.total_seconds = SecondsSince(t0);
     return recompressed;
   }
+  st = ps;
   st.recompress_seconds = rs.recompress_seconds;
   st.total_seconds = SecondsSince(t0);
   return plain;

@@ -36,6 +36,8 @@ const char* TransformName(Transform t) {
       return "deflate";
     case Transform::kXz:
       return "xz";
+    case Transform::kXzReplay:
+      return "xz-replay";
   }
   return "unknown";
 }

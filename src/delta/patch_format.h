@@ -26,7 +26,7 @@ namespace ds::delta {
 
 inline constexpr std::array<uint8_t, 4> kPatchMagic = {'D', 'S', 'P', 'F'};
 inline constexpr uint8_t kFormatMajor = 1;
-inline constexpr uint8_t kFormatMinor = 3;
+inline constexpr uint8_t kFormatMinor = 4;
 
 // FileHeader::flags bits. A reader refuses bits it does not know (1.0 readers refuse them all).
 // kFlagCodeRegions (1.1): the header carries the code region tables of the branch transforms.
@@ -74,10 +74,15 @@ enum class Transform : uint8_t {
   // the liblzma settings the generator proved reproduce it (xz_rebuild.h); the method reads the
   // content of an old .xz stream and produces the new content.
   kXz = 4,
+  // 1.4: the segment's range is one .xz stream, rebuilt from its replay form (lzma_replay.h): its
+  // content plus every decision of its LZMA2 encoder, coded again without searching for matches
+  // (no encoder memory, any encoder); the method reads the replay form of an old .xz stream and
+  // produces the new one.
+  kXzReplay = 5,
 };
-inline constexpr uint8_t kMaxTransform = 4;
+inline constexpr uint8_t kMaxTransform = 5;
 inline bool IsRecompressTransform(Transform t) {
-  return t == Transform::kDeflate || t == Transform::kXz;
+  return t == Transform::kDeflate || t == Transform::kXz || t == Transform::kXzReplay;
 }
 const char* TransformName(Transform t);
 

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "common/byte_reader.h"
+#include "delta/lzma_replay.h"
 
 namespace ds::delta {
 namespace {
@@ -121,15 +122,23 @@ std::vector<XzStream> FindXzStreams(ByteView file, bool prove, const XzStreamLim
   if (cands.size() > limits.max_streams) cands.resize(limits.max_streams);
   std::vector<XzStream> out;
   for (const Candidate& c : cands) {
-    uint64_t consumed = 0;
-    Result<Bytes> content =
-        XzDecode(file.subspan(c.offset, c.max_length), limits.max_content, &consumed);
-    if (!content.ok() || consumed < limits.min_length) continue;
-    XzStream s{c.name, c.offset, consumed, std::move(content).value(), {}};
+    const ByteView candidate = file.subspan(c.offset, c.max_length);
+    Result<ReplayForm> f = XzToReplayForm(candidate, limits.max_content);
+    if (!f.ok() || f->stream_size < limits.min_length || f->form.size() > limits.max_content) {
+      continue;
+    }
+    const ByteView stream = candidate.first(f->stream_size);
+    XzStream s{c.name, c.offset, f->stream_size, std::move(f->form), std::move(f->content),
+               false,  {}};
     if (prove) {
-      Result<XzParams> p = FindXzParams(file.subspan(c.offset, consumed), s.content);
-      if (!p.ok() || XzEncoderMemory(*p, s.content.size()) > limits.max_encoder_memory) continue;
-      s.params = *p;
+      if (limits.max_encoder_memory > 0) {
+        Result<XzParams> p = FindXzParams(stream, s.content);
+        if (p.ok() && XzEncoderMemory(*p, s.content.size()) <= limits.max_encoder_memory) {
+          s.reencode = true;
+          s.params = *p;
+        }
+      }
+      if (!s.reencode && !XzFromReplayForm(s.form, stream).ok()) continue;
     }
     out.push_back(std::move(s));
   }

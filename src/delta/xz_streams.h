@@ -23,14 +23,21 @@ struct XzStream {
   std::string name;  // Pairs new with old: "xz" (the whole file) or "ar:<member name>".
   uint64_t offset = 0;
   uint64_t length = 0;
-  Bytes content;
-  XzParams params;  // Only when asked for (FindXzStreams' |prove|).
+  Bytes form;     // The replay form (lzma_replay.h).
+  Bytes content;  // The decoded content: old streams, and new ones rebuilt by liblzma.
+  // New streams (FindXzStreams' |prove|): true when a liblzma preset reproduces the stream within
+  // the encoder memory allowed (|params|), false when it is rebuilt from its replay form.
+  bool reencode = false;
+  XzParams params;
 };
 
 struct XzStreamLimits {
   uint64_t min_length = 512;
-  uint64_t max_content = 16u << 20;
-  uint64_t max_encoder_memory = 128u << 20;  // Settings needing more are not used.
+  uint64_t max_content = 16u << 20;  // Bounds the replay form too.
+  // Streams are rebuilt by compressing their content again with liblzma when a preset whose
+  // encoder needs at most this much memory reproduces them (proving costs a compression), from
+  // their replay forms otherwise (proving costs a decode). 0: replay forms only.
+  uint64_t max_encoder_memory = 128u << 20;
   uint64_t max_streams = 16;
 };
 
@@ -39,8 +46,10 @@ struct XzStreamLimits {
 // multi-threaded encoder as the block headers say. kUnsupported when none does.
 Result<XzParams> FindXzParams(ByteView stream, ByteView content);
 
-// The .xz streams of |file|, sorted by offset. With |prove| each has settings that reproduce it
-// (streams without are dropped); without, only the content is decoded (old files).
+// The .xz streams of |file|, sorted by offset, each with its replay form and content. With |prove|
+// each is known to be rebuilt exactly (streams that are not are dropped): with liblzma settings
+// (reencode) or because its replay form codes back to it; without, the streams are only decoded
+// (old files).
 std::vector<XzStream> FindXzStreams(ByteView file, bool prove, const XzStreamLimits& limits = {});
 
 }  // namespace ds::delta

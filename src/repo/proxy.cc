@@ -305,6 +305,7 @@ class Proxy::Impl {
       o.workers = options_.ondemand_workers;
       o.queue_capacity = options_.ondemand_queue;
       o.memory_budget = options_.ondemand_memory_budget;
+      o.max_encoder_memory = options_.max_encoder_memory;
       o.max_stored_bytes = options_.ondemand_max_bytes;
       o.evict_grace_ms = std::max<int64_t>(options_.evict_grace_ms, 1000);
       DS_ASSIGN_OR_RETURN(ondemand_, OnDemandDeltas::Open(o, [this](const std::string& sha) {

@@ -66,6 +66,8 @@ struct ProxyOptions {
   int ondemand_workers = 1;
   size_t ondemand_queue = 16;
   uint64_t ondemand_memory_budget = 4ull << 30;
+  // Deltas made on demand: as RepoOptions::max_encoder_memory.
+  uint64_t max_encoder_memory = 0;
   uint64_t ondemand_max_bytes = 0;  // Bound of the on-demand store (0 = unbounded).
   // What is kept of artifacts and deltas (repo/proxy_store.h). kDelta keeps full artifacts only
   // of every |keyframe_every|-th version (and of versions no chain of deltas reaches) under

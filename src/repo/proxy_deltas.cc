@@ -454,6 +454,7 @@ class OnDemandDeltas::Impl {
       job->result_size = new_bytes.size();
       delta::GenerateOptions gen;
       gen.threads = options_.workers <= 1 ? 2 : 1;
+      gen.max_encoder_memory = options_.max_encoder_memory;
       const auto start = std::chrono::steady_clock::now();
       DS_ASSIGN_OR_RETURN(Bytes patch, delta::GeneratePatch(old_bytes, new_bytes, gen));
       job->gen_seconds =

@@ -40,6 +40,7 @@ struct OnDemandOptions {
   // Bound of objects/ (patches and chunk maps); 0 = unbounded.
   uint64_t max_stored_bytes = 0;
   int64_t evict_grace_ms = 60000;
+  uint64_t max_encoder_memory = 0;  // As RepoOptions::max_encoder_memory.
 };
 
 enum class OnDemandState { kQueued, kRunning, kReady, kNotWorth, kFailed };

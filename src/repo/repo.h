@@ -44,6 +44,10 @@ struct RepoOptions {
   // (zstd level 19 size, measured by the first delta job to that version); otherwise it is
   // recorded as "not_worth".
   double worth_ratio = 0.9;
+  // Deltas of .xz artifacts (and .debs) may rebuild their streams with liblzma's encoder when a
+  // preset within this much encoder memory reproduces them (smallest deltas; the devices must
+  // afford that memory, ~94 MiB at xz -6); 0 = from replay forms only (delta/delta_gen.h).
+  uint64_t max_encoder_memory = 0;
   // Signed metadata lifetime; it is re-signed when half of it has passed.
   int64_t metadata_ttl_seconds = 30 * 24 * 3600;
   // Ed25519 secret key file; empty = <data_dir>/keys/signing.key (created when missing).

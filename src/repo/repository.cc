@@ -460,6 +460,7 @@ class RepositoryImpl : public Repository {
 
       delta::GenerateOptions gen;
       gen.threads = threads;
+      gen.max_encoder_memory = options_.max_encoder_memory;
       const auto start = std::chrono::steady_clock::now();
       DS_ASSIGN_OR_RETURN(Bytes patch, delta::GeneratePatch(old_bytes, new_bytes, gen));
       JobOutcome out;

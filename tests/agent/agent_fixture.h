@@ -54,12 +54,13 @@ inline void WriteExecutable(const std::string& path, const Bytes& data) {
 // A master with artifact "app" at 1.0.0 and 2.0.0 and the delta between them ready.
 class PublishedMaster {
  public:
-  PublishedMaster(const TempDir& dir, const Bytes& v1, const Bytes& v2, ServerLaunch launch = {})
+  PublishedMaster(const TempDir& dir, const Bytes& v1, const Bytes& v2, ServerLaunch launch = {},
+                  std::vector<std::string> serve_args = {})
       : dir_(dir), prefix_(launch.prefix) {
     WriteExecutable(dir.Join("v1"), v1);
     WriteExecutable(dir.Join("v2"), v2);
     server_ = std::make_unique<ServerProcess>(kDs, dir.Join("master"), dir.Join("master.log"),
-                                              std::vector<std::string>{}, launch);
+                                              std::move(serve_args), launch);
     if (server_->url().empty()) return;
     const std::vector<std::string> client = {"--server", server_->url(), "--token-file",
                                              dir.Join("master/admin.token")};

@@ -407,11 +407,12 @@ TEST_F(AgentTest, RefusesToStartWithoutDiskSpace) {
   EXPECT_TRUE(Last(lines, "progress").is_null()) << "a download started";
 }
 
-// An .xz artifact: its delta rebuilds the .xz bytes with liblzma's xz -6 encoder (~95 MiB). An
-// agent allowed less for that (max_encoder_memory_mib) does not apply the delta and takes the
-// full artifact per its policy; allowed enough, it applies the delta.
+// An .xz artifact. A master allowed to (--max-encoder-memory-mib 128) makes the delta that
+// rebuilds the .xz bytes with liblzma's xz -6 encoder (~95 MiB on the device): an agent allowed
+// less (max_encoder_memory_mib) does not apply it and takes the full artifact per its policy;
+// allowed enough, it applies it. A master with the default makes a replay delta, which needs no
+// encoder: the 64 MiB agent applies that one.
 TEST(AgentXzTest, DeltaNeedingMoreEncoderMemoryThanAllowedTakesTheFallback) {
-  TempDir dir;
   Bytes c1 = TextBytes(2 << 20, 11);
   Bytes c2 = c1;
   for (size_t at = 4096; at + 8 < c2.size(); at += 97 << 10) c2[at] ^= 0x20;
@@ -419,35 +420,45 @@ TEST(AgentXzTest, DeltaNeedingMoreEncoderMemoryThanAllowedTakesTheFallback) {
   Result<Bytes> x2 = delta::XzEncode(c2, delta::XzParams{});
   ASSERT_TRUE(x1.ok() && x2.ok());
   ASSERT_GT(delta::XzEncoderMemory(delta::XzParams{}, c2.size()), 64ull << 20);
-  PublishedMaster master(dir, *x1, *x2);
-  ASSERT_FALSE(master.url().empty());
-  const std::string install = dir.Join("installed-app");
-  WriteExecutable(install, *x1);
-  auto agent = [&](const std::vector<std::string>& args) {
-    std::vector<std::string> all = {"--config", dir.Join("agent.json"), "--json"};
-    all.insert(all.end(), args.begin(), args.end());
-    return RunProgram(kAgent, dir, all);
-  };
+  for (const bool reencode : {true, false}) {
+    SCOPED_TRACE(reencode ? "master re-encodes with liblzma" : "master replays");
+    TempDir dir;
+    PublishedMaster master(dir, *x1, *x2, {},
+                           reencode ? std::vector<std::string>{"--max-encoder-memory-mib", "128"}
+                                    : std::vector<std::string>{});
+    ASSERT_FALSE(master.url().empty());
+    const std::string install = dir.Join("installed-app");
+    WriteExecutable(install, *x1);
+    auto agent = [&](const std::vector<std::string>& args) {
+      std::vector<std::string> all = {"--config", dir.Join("agent.json"), "--json"};
+      all.insert(all.end(), args.begin(), args.end());
+      return RunProgram(kAgent, dir, all);
+    };
 
-  WriteAgentConfig(dir, {master.url()}, master.public_key(), install, "",
-                   R"({"max_encoder_memory_mib": 64})");
-  RunResult up = agent({"update"});
-  ASSERT_EQ(up.exit_code, 0) << up.err;
-  auto lines = JsonLines(up.out);
-  EXPECT_EQ(Last(lines, "result")["route"], "full");
-  const std::string reason = Last(lines, "result")["fallback_reason"];
-  EXPECT_NE(reason.find("memory"), std::string::npos) << reason;
-  EXPECT_EQ(FileSha(install), Sha(*x2));
+    WriteAgentConfig(dir, {master.url()}, master.public_key(), install, "",
+                     R"({"max_encoder_memory_mib": 64})");
+    RunResult up = agent({"update"});
+    ASSERT_EQ(up.exit_code, 0) << up.err;
+    auto lines = JsonLines(up.out);
+    EXPECT_EQ(FileSha(install), Sha(*x2));
+    if (!reencode) {
+      EXPECT_EQ(Last(lines, "result")["route"], "delta");
+      continue;
+    }
+    EXPECT_EQ(Last(lines, "result")["route"], "full");
+    const std::string reason = Last(lines, "result")["fallback_reason"];
+    EXPECT_NE(reason.find("memory"), std::string::npos) << reason;
 
-  // Back to 1.0.0; with the default allowance the same delta applies.
-  ASSERT_EQ(agent({"rollback", "app"}).exit_code, 0);
-  ASSERT_EQ(FileSha(install), Sha(*x1));
-  WriteAgentConfig(dir, {master.url()}, master.public_key(), install);
-  up = agent({"update"});
-  ASSERT_EQ(up.exit_code, 0) << up.err;
-  lines = JsonLines(up.out);
-  EXPECT_EQ(Last(lines, "result")["route"], "delta");
-  EXPECT_EQ(FileSha(install), Sha(*x2));
+    // Back to 1.0.0; with the default allowance the same delta applies.
+    ASSERT_EQ(agent({"rollback", "app"}).exit_code, 0);
+    ASSERT_EQ(FileSha(install), Sha(*x1));
+    WriteAgentConfig(dir, {master.url()}, master.public_key(), install);
+    up = agent({"update"});
+    ASSERT_EQ(up.exit_code, 0) << up.err;
+    lines = JsonLines(up.out);
+    EXPECT_EQ(Last(lines, "result")["route"], "delta");
+    EXPECT_EQ(FileSha(install), Sha(*x2));
+  }
 }
 
 }  // namespace

@@ -220,6 +220,33 @@ TEST_F(CliTest, GzipDiffUsesDeflateUnlessNoTransforms) {
   EXPECT_LT(with * 4, ReadFileOrDie(patch_path_).size());
 }
 
+TEST_F(CliTest, XzDiffReplaysUnlessAllowedAnEncoder) {
+  // The real xz(1) on both sides: by default the stream is rebuilt from its replay form (no
+  // encoder on the device); --max-encoder-memory-mib 128 lets liblzma's xz -6 encoder rebuild it.
+  if (std::system("command -v xz >/dev/null 2>&1") != 0) GTEST_SKIP() << "no xz binary";
+  const std::string old_xz = dir_.Join("old.xz"), new_xz = dir_.Join("new.xz");
+  ASSERT_EQ(std::system(("xz -6 -c " + old_path_ + " > " + old_xz).c_str()), 0);
+  WriteFileOrDie(dir_.Join("new.txt"), new_);
+  ASSERT_EQ(std::system(("xz -6 -c " + dir_.Join("new.txt") + " > " + new_xz).c_str()), 0);
+  for (const bool encoder : {false, true}) {
+    std::vector<std::string> args = {"diff", old_xz, new_xz, "-o", patch_path_};
+    if (encoder) args.insert(args.begin() + 1, {"--max-encoder-memory-mib", "128"});
+    RunResult d = Run(args);
+    ASSERT_EQ(d.exit_code, 0) << d.err;
+    RunResult i = Run({"inspect", patch_path_});
+    ASSERT_EQ(i.exit_code, 0) << i.err;
+    EXPECT_NE(i.out.find(encoder ? "transform xz (preset 6" : "transform xz-replay"),
+              std::string::npos)
+        << i.out;
+    EXPECT_NE(i.out.find(encoder ? "DSPF 1." : "DSPF 1.4"), std::string::npos) << i.out;
+    ASSERT_EQ(Run({"apply", old_xz, patch_path_, "-o", out_path_}).exit_code, 0);
+    EXPECT_TRUE(ReadFileOrDie(out_path_) == ReadFileOrDie(new_xz));
+  }
+  EXPECT_NE(
+      Run({"diff", "--max-encoder-memory-mib", "-1", old_xz, new_xz, "-o", patch_path_}).exit_code,
+      0);
+}
+
 TEST_F(CliTest, InspectMissingPatchExits3) {
   EXPECT_EQ(Run({"inspect", dir_.Join("missing")}).exit_code, 3);
 }

@@ -1,8 +1,9 @@
-// The recompression transforms (DSPF 1.2) through the real generator and applier. deflate: gzip'd
-// tars and zip files diffed on their puffs and rebuilt bit-exactly; archives made with zlib in the
-// test and with the real gzip, node and zip tools. xz: .xz files and Debian packages (ar with
-// .xz members) diffed on their content and rebuilt with the proven liblzma settings; made with
-// liblzma in the test and with the real xz and dpkg-deb. Hostile segments of both kinds.
+// The recompression transforms (DSPF 1.2, 1.4) through the real generator and applier. deflate:
+// gzip'd tars and zip files diffed on their puffs and rebuilt bit-exactly; archives made with zlib
+// in the test and with the real gzip, node and zip tools. xz: .xz files and Debian packages (ar
+// with .xz members) diffed on their content and rebuilt with the proven liblzma settings, or
+// (xz-replay, the default) diffed on their replay forms and coded again from them; made with
+// liblzma in the test and with the real xz and dpkg-deb. Hostile segments of every kind.
 #include <gtest/gtest.h>
 #include <lzma.h>
 #include <zlib.h>
@@ -18,6 +19,7 @@
 #include "delta/deflate_streams.h"
 #include "delta/delta.h"
 #include "delta/delta_gen.h"
+#include "delta/lzma_replay.h"
 #include "delta/xz_rebuild.h"
 #include "delta/xz_streams.h"
 #include "support/test_util.h"
@@ -134,9 +136,9 @@ struct Outcome {
 
 // Generates with and without the transform, checks both apply to |neu| (in one piece and in
 // small pieces, as a stream), and returns them.
-Outcome RoundTrip(const Bytes& old, const Bytes& neu) {
+Outcome RoundTrip(const Bytes& old, const Bytes& neu, const GenerateOptions& options = {}) {
   Outcome o;
-  Result<Bytes> patch = GeneratePatch(old, neu, {}, &o.stats);
+  Result<Bytes> patch = GeneratePatch(old, neu, options, &o.stats);
   EXPECT_TRUE(patch.ok()) << patch.status().ToString();
   if (!patch.ok()) return o;
   o.patch = std::move(patch).value();
@@ -311,10 +313,10 @@ TEST(DeflateTransform, NotDeflateOrUnrelatedIsPlain) {
 // transform |kind|.
 class RecompressHostileTest : public ::testing::Test {
  protected:
-  void Build(Bytes old, Bytes neu, Transform kind) {
+  void Build(Bytes old, Bytes neu, Transform kind, const GenerateOptions& options = {}) {
     old_ = std::move(old);
     neu_ = std::move(neu);
-    Result<Bytes> patch = GeneratePatch(old_, neu_);
+    Result<Bytes> patch = GeneratePatch(old_, neu_, options);
     ASSERT_TRUE(patch.ok());
     raw_ = SplitPatch(*patch);
     for (size_t i = 0; i < raw_.segments.size(); ++i) {
@@ -480,13 +482,21 @@ Bytes Ar(const std::vector<std::pair<std::string, Bytes>>& members) {
   return out;
 }
 
-uint64_t XzSegments(ByteView patch) {
+uint64_t XzSegments(ByteView patch, Transform kind = Transform::kXz) {
   Result<PatchInfo> info = InspectPatch(patch);
   EXPECT_TRUE(info.ok());
   if (!info.ok()) return 0;
   uint64_t n = 0;
-  for (const SegmentInfo& s : info->segments) n += s.header.transform == Transform::kXz;
+  for (const SegmentInfo& s : info->segments) n += s.header.transform == kind;
   return n;
+}
+
+// The generator allowed to rebuild .xz streams with liblzma (transform xz), as the devices can
+// afford xz -6's encoder; the default is replay forms only (transform xz-replay).
+GenerateOptions Reencode() {
+  GenerateOptions o;
+  o.max_encoder_memory = 128ull << 20;
+  return o;
 }
 
 TEST(XzTransform, WholeXzFilesAtSeveralSettings) {
@@ -495,19 +505,24 @@ TEST(XzTransform, WholeXzFilesAtSeveralSettings) {
     uint32_t preset, threads;
     lzma_check check;
   };
-  for (const Setting& st :
-       {Setting{6, 0, LZMA_CHECK_CRC64}, Setting{6, 2, LZMA_CHECK_CRC64},
-        Setting{1, 0, LZMA_CHECK_CRC32}, Setting{6 | LZMA_PRESET_EXTREME, 2, LZMA_CHECK_SHA256}}) {
-    SCOPED_TRACE("preset " + std::to_string(st.preset & 0xF) + " threads " +
-                 std::to_string(st.threads));
-    const Bytes old = Xz(p.old_tar, st.preset, st.threads, st.check);
-    const Bytes neu = Xz(p.new_tar, st.preset, st.threads, st.check);
-    const Outcome o = RoundTrip(old, neu);
-    EXPECT_EQ(XzSegments(o.patch), 1u);
-    EXPECT_LT(o.patch.size() * 6, o.plain_size) << o.patch.size() << " vs " << o.plain_size;
-    Result<PatchInfo> info = InspectPatch(o.patch);
-    ASSERT_TRUE(info.ok());
-    EXPECT_GT(info->header.max_encoder_memory, 0u);
+  for (const bool reencode : {true, false}) {
+    for (const Setting& st : {Setting{6, 0, LZMA_CHECK_CRC64}, Setting{6, 2, LZMA_CHECK_CRC64},
+                              Setting{1, 0, LZMA_CHECK_CRC32},
+                              Setting{6 | LZMA_PRESET_EXTREME, 2, LZMA_CHECK_SHA256}}) {
+      SCOPED_TRACE("preset " + std::to_string(st.preset & 0xF) + " threads " +
+                   std::to_string(st.threads) + (reencode ? " re-encoded" : " replayed"));
+      const Bytes old = Xz(p.old_tar, st.preset, st.threads, st.check);
+      const Bytes neu = Xz(p.new_tar, st.preset, st.threads, st.check);
+      const Outcome o = RoundTrip(old, neu, reencode ? Reencode() : GenerateOptions{});
+      EXPECT_EQ(XzSegments(o.patch, reencode ? Transform::kXz : Transform::kXzReplay), 1u);
+      EXPECT_LT(o.patch.size() * (reencode ? 6 : 3), o.plain_size)
+          << o.patch.size() << " vs " << o.plain_size;
+      Result<PatchInfo> info = InspectPatch(o.patch);
+      ASSERT_TRUE(info.ok());
+      // A replay patch needs no encoder on the device.
+      EXPECT_EQ(info->header.max_encoder_memory > 0, reencode);
+      EXPECT_EQ(info->header.minor == 4, !reencode);
+    }
   }
 }
 
@@ -522,9 +537,12 @@ TEST(XzTransform, DebLikeArchivePairsMembersByName) {
   const Bytes neu = Ar({{"debian-binary", ds::testing::ToBytes("2.0\n")},
                         {"data.tar.xz", Xz(p.new_tar, 6, 2)},
                         {"control.tar.xz", Xz(control_new, 6, 2)}});
-  const Outcome o = RoundTrip(old, neu);
-  EXPECT_GE(XzSegments(o.patch), 1u);
-  EXPECT_LT(o.patch.size() * 6, o.plain_size) << o.patch.size() << " vs " << o.plain_size;
+  for (const bool reencode : {true, false}) {
+    const Outcome o = RoundTrip(old, neu, reencode ? Reencode() : GenerateOptions{});
+    EXPECT_GE(XzSegments(o.patch, reencode ? Transform::kXz : Transform::kXzReplay), 1u);
+    EXPECT_LT(o.patch.size() * (reencode ? 6 : 3), o.plain_size)
+        << o.patch.size() << " vs " << o.plain_size;
+  }
 }
 
 TEST(XzTransform, RealXzAndDpkgDeb) {
@@ -540,9 +558,12 @@ TEST(XzTransform, RealXzAndDpkgDeb) {
         ASSERT_TRUE(Sh(std::string("xz -c ") + flags + " " + dir.Join(std::string(v) + ".tar") +
                        " > " + dir.Join(std::string(v) + ".txz")));
       }
-      const Outcome o = RoundTrip(ds::testing::ReadFileOrDie(dir.Join("old.txz")),
-                                  ds::testing::ReadFileOrDie(dir.Join("new.txz")));
-      EXPECT_EQ(XzSegments(o.patch), 1u);
+      for (const bool reencode : {true, false}) {
+        const Outcome o = RoundTrip(ds::testing::ReadFileOrDie(dir.Join("old.txz")),
+                                    ds::testing::ReadFileOrDie(dir.Join("new.txz")),
+                                    reencode ? Reencode() : GenerateOptions{});
+        EXPECT_EQ(XzSegments(o.patch, reencode ? Transform::kXz : Transform::kXzReplay), 1u);
+      }
       ++ran;
     }
   }
@@ -561,10 +582,14 @@ TEST(XzTransform, RealXzAndDpkgDeb) {
       ASSERT_TRUE(Sh("SOURCE_DATE_EPOCH=1700000000 dpkg-deb --root-owner-group -Zxz --build " +
                      root + " " + dir.Join(std::string("demo_") + v + ".deb") + " >/dev/null"));
     }
-    const Outcome o = RoundTrip(ds::testing::ReadFileOrDie(dir.Join("demo_1.0.deb")),
-                                ds::testing::ReadFileOrDie(dir.Join("demo_1.1.deb")));
-    EXPECT_GE(XzSegments(o.patch), 1u);
-    EXPECT_LT(o.patch.size() * 4, o.plain_size) << o.patch.size() << " vs " << o.plain_size;
+    for (const bool reencode : {true, false}) {
+      const Outcome o = RoundTrip(ds::testing::ReadFileOrDie(dir.Join("demo_1.0.deb")),
+                                  ds::testing::ReadFileOrDie(dir.Join("demo_1.1.deb")),
+                                  reencode ? Reencode() : GenerateOptions{});
+      EXPECT_GE(XzSegments(o.patch, reencode ? Transform::kXz : Transform::kXzReplay), 1u);
+      EXPECT_LT(o.patch.size() * (reencode ? 4 : 2), o.plain_size)
+          << o.patch.size() << " vs " << o.plain_size;
+    }
     ++ran;
   }
   if (ran == 0) GTEST_SKIP() << "neither xz nor dpkg-deb is installed";
@@ -591,23 +616,30 @@ TEST(XzTransform, StreamsNoPresetReproducesAreDiffedAsBytes) {
     return out;
   };
   for (bool bcj : {false, true}) {
+    SCOPED_TRACE(bcj ? "x86 BCJ + LZMA2" : "LZMA2 with a 3 MiB dictionary");
     const Bytes neu = custom(p.new_tar, bcj);
     EXPECT_FALSE(FindXzParams(neu, p.new_tar).ok());
-    const Outcome o = RoundTrip(custom(p.old_tar, bcj), neu);
+    const Outcome o = RoundTrip(custom(p.old_tar, bcj), neu, Reencode());
     EXPECT_EQ(XzSegments(o.patch), 0u);
+    // Replay forms take any LZMA2 stream; streams with other filters stay bytes.
+    EXPECT_EQ(XzSegments(o.patch, Transform::kXzReplay), bcj ? 0u : 1u);
   }
 }
 
-TEST(XzTransform, SettingsAboveTheMemoryBoundAreLeftAlone) {
-  // xz -9 needs ~670 MiB to compress: provable, but above the generator's default bound (what
-  // an applier is expected to afford), so the stream is diffed as bytes.
+TEST(XzTransform, SettingsAboveTheMemoryBoundAreReplayed) {
+  // xz -9 needs ~670 MiB to compress: provable, but above what the generator was told the
+  // devices afford, so liblzma does not rebuild it; its replay form does.
   const Package p = MakePackage();
   const Bytes neu = Xz(p.new_tar, 9);
   Result<XzParams> params = FindXzParams(neu, p.new_tar);
   ASSERT_TRUE(params.ok());
-  EXPECT_GT(XzEncoderMemory(*params, p.new_tar.size()), GenerateOptions{}.max_encoder_memory);
-  const Outcome o = RoundTrip(Xz(p.old_tar, 9), neu);
+  EXPECT_GT(XzEncoderMemory(*params, p.new_tar.size()), Reencode().max_encoder_memory);
+  const Outcome o = RoundTrip(Xz(p.old_tar, 9), neu, Reencode());
   EXPECT_EQ(XzSegments(o.patch), 0u);
+  EXPECT_EQ(XzSegments(o.patch, Transform::kXzReplay), 1u);
+  Result<PatchInfo> info = InspectPatch(o.patch);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->header.max_encoder_memory, 0u);
 }
 
 TEST(XzTransform, EncoderRebuildsWithSmallBuffers) {
@@ -629,7 +661,7 @@ class XzHostileTest : public RecompressHostileTest {
  protected:
   void SetUp() override {
     const Package p = MakePackage();
-    Build(Xz(p.old_tar, 6), Xz(p.new_tar, 6), Transform::kXz);
+    Build(Xz(p.old_tar, 6), Xz(p.new_tar, 6), Transform::kXz, Reencode());
   }
 };
 
@@ -683,6 +715,130 @@ TEST_F(XzHostileTest, DecoderRefusesCorruptStreams) {
   EXPECT_FALSE(XzDecode(bad, 1 << 30).ok());
   EXPECT_EQ(CodeOf(XzDecode(neu_, 1000)), ErrorCode::kResourceLimit);
   EXPECT_FALSE(XzDecode(ByteView(neu_).first(neu_.size() - 1), 1 << 30).ok());
+}
+
+// ---- xz-replay -------------------------------------------------------------------------------
+
+class XzReplayHostileTest : public RecompressHostileTest {
+ protected:
+  void SetUp() override {
+    const Package p = MakePackage();
+    Build(Xz(p.old_tar, 6), Xz(p.new_tar, 6), Transform::kXzReplay);
+  }
+  // Makes the replay segment a stored one whose payload is |form|.
+  void StoreForm(RawPatch& p, Bytes form) {
+    SegmentHeader& h = seg(p);
+    h.method = Method::kStored;
+    h.decoded_length = form.size();
+    p.header.max_decoded = std::max(p.header.max_decoded, h.decoded_length);
+    p.header.max_segment_payload = std::max<uint64_t>(p.header.max_segment_payload, form.size());
+    p.segments[seg_].payload = std::move(form);
+  }
+};
+
+TEST_F(XzReplayHostileTest, IntactPatchAppliesWithoutAnEncoder) {
+  EXPECT_EQ(raw_.header.max_encoder_memory, 0u);
+  ApplyLimits limits;
+  limits.max_encoder_memory = 0;
+  EXPECT_EQ(Apply(raw_, limits), ErrorCode::kOk);
+}
+
+TEST_F(XzReplayHostileTest, OldStreamThatLiesIsMalformed) {
+  for (int64_t shift : {-1, 1, 4}) {
+    RawPatch p = raw_;
+    seg(p).old_offset += shift;
+    EXPECT_EQ(Apply(p), ErrorCode::kPatchMalformed) << shift;
+  }
+  RawPatch p = raw_;
+  seg(p).old_length -= 1;
+  EXPECT_EQ(Apply(p), ErrorCode::kPatchMalformed);
+  p = raw_;
+  seg(p).old_decoded_length -= 1;
+  EXPECT_EQ(Apply(p), ErrorCode::kPatchMalformed);
+  p = raw_;
+  seg(p).old_decoded_length = p.header.max_decoded + 1;
+  EXPECT_EQ(Apply(p), ErrorCode::kPatchMalformed);
+}
+
+TEST_F(XzReplayHostileTest, TheRealFormStoredApplies) {
+  // The new stream's own replay form, stored: the applier codes it back to the stream.
+  Result<ReplayForm> f = XzToReplayForm(neu_, 1 << 30);
+  ASSERT_TRUE(f.ok());
+  RawPatch p = raw_;
+  StoreForm(p, f->form);
+  EXPECT_EQ(Apply(p), ErrorCode::kOk);
+}
+
+TEST_F(XzReplayHostileTest, AStoredFormThatIsNotAFormIsMalformed) {
+  RawPatch p = raw_;
+  StoreForm(p, RandomBytes(seg(p).decoded_length, 9));
+  EXPECT_EQ(Apply(p), ErrorCode::kPatchMalformed);
+}
+
+TEST_F(XzReplayHostileTest, AValidFormOfOtherBytesFailsTheOutputCheck) {
+  Result<ReplayForm> f = XzToReplayForm(Xz(TextBytes(300000, 42), 6), 1 << 30);
+  ASSERT_TRUE(f.ok());
+  RawPatch p = raw_;
+  StoreForm(p, f->form);
+  EXPECT_EQ(Apply(p), ErrorCode::kPatchOutputMismatch);
+}
+
+TEST_F(XzReplayHostileTest, ALyingFormFailsCleanly) {
+  // Bytes of the real form changed anywhere (header, content, frame, parse): refused as malformed
+  // or caught by the output check, never a wrong result, never a crash.
+  Result<ReplayForm> f = XzToReplayForm(neu_, 1 << 30);
+  ASSERT_TRUE(f.ok());
+  const Bytes noise = RandomBytes(64, 77);
+  for (size_t k = 0; k < 64; ++k) {
+    Bytes form = f->form;
+    const size_t at = k < 16 ? k : (form.size() / 64) * k + noise[k];
+    form[at % form.size()] ^= static_cast<uint8_t>(noise[k] | 1);
+    RawPatch p = raw_;
+    StoreForm(p, std::move(form));
+    // (Content bytes that only matches cover are not read when coding: the stream, checked
+    // whole by the applier, is then right all the same.)
+    const ErrorCode c = Apply(p);
+    EXPECT_TRUE(c == ErrorCode::kOk || c == ErrorCode::kPatchMalformed ||
+                c == ErrorCode::kPatchOutputMismatch)
+        << at << ": " << static_cast<int>(c);
+  }
+}
+
+TEST_F(XzReplayHostileTest, EveryTruncationFailsCleanly) {
+  const Bytes patch = JoinPatch(raw_);
+  for (size_t cut = 0; cut < patch.size(); cut += std::max<size_t>(1, patch.size() / 97)) {
+    const ErrorCode c = CodeOf(ApplyPatch(old_, ByteView(patch).first(cut)));
+    EXPECT_NE(c, ErrorCode::kOk) << cut;
+    EXPECT_NE(c, ErrorCode::kInternal) << cut;
+  }
+}
+
+// A tar with a gzip'd file (a .deb's changelog.gz, man pages) inside an .xz: the gzip member is
+// diffed on its puff inside the replay form, so a small change in it costs a small patch.
+TEST(XzReplayTransform, GzipFilesInsideTheTarAreDiffedOnTheirPuffs) {
+  const Package p = MakePackage();
+  Bytes log_old = SourceLike(200000, 5);
+  Bytes log_new = log_old;
+  const Bytes entry = ds::testing::ToBytes("  * New upstream release; a short changelog entry.\n");
+  log_new.insert(log_new.begin(), entry.begin(), entry.end());
+  const Bytes gz_new = Gzip(log_new, 9);
+  auto tar = [&](const Bytes& base_tar, const Bytes& gz) {
+    // The package's files and the gzip'd changelog, as one archive.
+    Bytes t = Tar({{"usr/share/doc/demo/changelog.gz", gz}});
+    t.resize(t.size() - 1024);  // Drop the end-of-archive blocks; the package's tar follows.
+    t.insert(t.end(), base_tar.begin(), base_tar.end());
+    return t;
+  };
+  const Bytes gz_old = Gzip(log_old, 9);
+  const Bytes old = Xz(tar(p.old_tar, gz_old), 6);
+  const Outcome same_log = RoundTrip(old, Xz(tar(p.new_tar, gz_old), 6));
+  const Outcome o = RoundTrip(old, Xz(tar(p.new_tar, gz_new), 6));
+  EXPECT_EQ(XzSegments(o.patch, Transform::kXzReplay), 1u);
+  // The changelog's deflate bytes all differ after the new entry; its puff barely does: what the
+  // new entry adds to the patch is a small part of the gzip'd file.
+  ASSERT_GE(o.patch.size(), same_log.patch.size());
+  EXPECT_LT((o.patch.size() - same_log.patch.size()) * 8, gz_new.size())
+      << o.patch.size() << " - " << same_log.patch.size() << " vs " << gz_new.size();
 }
 
 }  // namespace
