@@ -1142,9 +1142,10 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
     }
     // A changed compressed stream differs in its bytes from the first change on, so its plain
     // encoding costs about as much as the rest of the stream: worth computing (to compare) only
-    // when the transform did not already do far better.
+    // when the transform did not already do better than half the stream (the whole patch is
+    // still compared with the plain patch, so the plan never loses to it).
     // Otherwise the stored size stands for it (the stream is copied only if it is kept).
-    const bool plain_estimated = best->encoded_size() * 8 < ns.length;
+    const bool plain_estimated = best->encoded_size() * 2 < ns.length;
     if (plain_estimated) {
       r.plain_size = ns.length + kSegmentOverhead;
     } else {
