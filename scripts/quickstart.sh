@@ -41,6 +41,10 @@ old=bench/corpus/$pair/old
 new=bench/corpus/$pair/new
 ds=build/src/cli/deltastream
 read -r old_version new_version < <(awk -F'\t' -v id="$pair" '$1 == id {print $5, $6}' "$table")
+# Versions are published as SemVer (docs/API.md): a Debian version's "~" (3.0.20-1~deb12u2)
+# becomes "." (3.0.20-1.deb12u2), which orders the pair the same way.
+old_version=${old_version//\~/.}
+new_version=${new_version//\~/.}
 
 now() { date +%s.%N; }
 # The master on a free port; its first start creates the signing key and an admin token.
