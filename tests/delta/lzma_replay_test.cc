@@ -6,22 +6,23 @@
 
 #include <gtest/gtest.h>
 #include <lzma.h>
-#include <zlib.h>
 
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "delta/xz_rebuild.h"
+#include "support/archive_util.h"
 #include "support/test_util.h"
 
 namespace ds::delta {
 namespace {
 
 using ds::testing::CodeOf;
+using ds::testing::Gzip;
 using ds::testing::RandomBytes;
+using ds::testing::Tar;
 using ds::testing::TempDir;
 using ds::testing::TextBytes;
 
@@ -162,61 +163,20 @@ TEST(LzmaReplay, RealXzTool) {
   }
 }
 
-// A ustar member header for |size| bytes named |name|.
-Bytes TarHeader(const std::string& name, size_t size) {
-  uint8_t h[512] = {};
-  std::snprintf(reinterpret_cast<char*>(h), 100, "%s", name.c_str());
-  std::snprintf(reinterpret_cast<char*>(h + 100), 8, "%07o", 0644);
-  std::snprintf(reinterpret_cast<char*>(h + 124), 12, "%011o", static_cast<unsigned>(size));
-  h[156] = '0';
-  std::memcpy(h + 257, "ustar", 6);
-  std::memset(h + 148, ' ', 8);
-  unsigned sum = 0;
-  for (uint8_t b : h) sum += b;
-  std::snprintf(reinterpret_cast<char*>(h + 148), 8, "%06o", sum);
-  return Bytes(h, h + 512);
-}
-
-Bytes Gzip(ByteView data) {
-  z_stream z{};
-  EXPECT_EQ(deflateInit2(&z, 9, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY), Z_OK);
-  Bytes out(deflateBound(&z, data.size()) + 64);
-  z.next_in = const_cast<Bytef*>(data.data());
-  z.avail_in = static_cast<uInt>(data.size());
-  z.next_out = out.data();
-  z.avail_out = static_cast<uInt>(out.size());
-  EXPECT_EQ(deflate(&z, Z_FINISH), Z_STREAM_END);
-  out.resize(z.total_out);
-  deflateEnd(&z);
-  return out;
-}
-
-Bytes TarOf(const std::vector<std::pair<std::string, Bytes>>& files) {
-  Bytes tar;
-  for (const auto& [name, data] : files) {
-    const Bytes h = TarHeader(name, data.size());
-    tar.insert(tar.end(), h.begin(), h.end());
-    tar.insert(tar.end(), data.begin(), data.end());
-    tar.resize((tar.size() + 511) / 512 * 512);
-  }
-  tar.resize(tar.size() + 1024);
-  return tar;
-}
-
 TEST(LzmaReplay, GzipFilesInATarAreHeldAsPuffs) {
-  const Bytes gz = Gzip(TextBytes(100000, 10));
-  Bytes gz_trailing = Gzip(TextBytes(50000, 11));
+  const Bytes gz = Gzip(TextBytes(100000, 10), 9);
+  Bytes gz_trailing = Gzip(TextBytes(50000, 11), 9);
   gz_trailing.push_back(0x42);  // Not exactly gzip members: left as bytes.
-  const Bytes tar = TarOf({{"a.txt", TextBytes(5000, 12)},
-                           {"doc/changelog.gz", gz},
-                           {"b.gz", gz_trailing},
-                           {"c.bin", RandomBytes(3000, 13)}});
+  const Bytes tar = Tar({{"a.txt", TextBytes(5000, 12)},
+                         {"doc/changelog.gz", gz},
+                         {"b.gz", gz_trailing},
+                         {"c.bin", RandomBytes(3000, 13)}});
   const Bytes form = ExpectRoundTrip(EncodePreset(tar, 6), tar);
   Result<ReplayFormLayout> l = ReplayFormSections(form);
   ASSERT_TRUE(l.ok());
   // One puff (a few bytes per literal and copy) in place of the deflate bytes of changelog.gz.
   EXPECT_GT(l->content_length, tar.size() + gz.size() / 2);
-  const Bytes plain_tar = TarOf({{"a.txt", TextBytes(5000, 12)}, {"b.gz", gz_trailing}});
+  const Bytes plain_tar = Tar({{"a.txt", TextBytes(5000, 12)}, {"b.gz", gz_trailing}});
   Result<ReplayForm> plain = XzToReplayForm(EncodePreset(plain_tar, 6), 1 << 30);
   ASSERT_TRUE(plain.ok());
   Result<ReplayFormLayout> pl = ReplayFormSections(plain->form);
