@@ -917,10 +917,7 @@ Result<std::vector<CopyOp>> AlignParse(ByteView old, const ReplayFormLayout& o, 
                                        const std::vector<CopyOp>& content_ops) {
   DS_ASSIGN_OR_RETURN(std::vector<ReplayToken> old_tokens, ReplayFormTokens(old));
   DS_ASSIGN_OR_RETURN(std::vector<ReplayToken> new_tokens, ReplayFormTokens(neu));
-  auto token_size = [](ByteView form, uint64_t at) -> uint64_t {
-    const uint8_t kind = form[at] & 0x07;
-    return kind == 1 ? 5 : (kind >= 3 ? 2 : 1);
-  };
+  auto token_size = [](ByteView form, uint64_t at) { return ReplayTokenBytes(form[at]); };
   std::vector<bool> old_start(o.parse_length);
   for (const ReplayToken& t : old_tokens) old_start[t.form_offset - o.parse_offset] = true;
   // The old token starting at each byte of the old content section (UINT32_MAX: none).

@@ -942,11 +942,9 @@ class TokenIndexer {
       uint8_t tok, low = 0;
       if (!parse_.ReadU8(&tok)) return Bad(kBad, "parse shorter than the content");
       uint64_t len = 1;
-      const uint8_t kind = tok & 0x07;
-      if (kind == kTokMatch || kind >= kTokRep0) {
-        if (!parse_.ReadU8(&low) || (kind == kTokMatch && !parse_.Skip(3))) {
-          return Bad(kBad, "truncated token");
-        }
+      const uint64_t bytes = ReplayTokenBytes(tok);
+      if (bytes > 1) {
+        if (!parse_.ReadU8(&low) || !parse_.Skip(bytes - 2)) return Bad(kBad, "truncated token");
         len = low + ((tok & kTokLongLen) ? 256u : 0u) + 2;
       }
       tokens_.push_back({cpos_, base_ + at});

@@ -63,6 +63,13 @@ namespace ds::delta {
 
 inline constexpr uint8_t kReplayFormVersion = 1;
 
+// Bytes of the parse token whose first byte is |tok|: 5 for a match, 2 for a rep match, 1 for a
+// literal or a short rep (the token grammar below).
+inline constexpr uint64_t ReplayTokenBytes(uint8_t tok) {
+  const uint8_t kind = tok & 0x07;
+  return kind == 0x01 ? 5 : (kind >= 0x03 ? 2 : 1);
+}
+
 struct ReplayForm {
   Bytes form;
   uint64_t stream_size = 0;  // Bytes of the input the .xz stream occupies.
