@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -87,6 +88,31 @@ Bytes Gzip(ByteView data) {
   out.resize(z.total_out);
   deflateEnd(&z);
   return out;
+}
+
+// A ustar archive with one gzip'd file (an xz replay form holds it as a puff) and a plain one.
+Bytes TarWithGzip() {
+  Bytes tar;
+  auto member = [&](const char* name, const Bytes& data) {
+    uint8_t h[512] = {};
+    std::snprintf(reinterpret_cast<char*>(h), 100, "%s", name);
+    std::snprintf(reinterpret_cast<char*>(h + 100), 8, "%07o", 0644);
+    std::snprintf(reinterpret_cast<char*>(h + 124), 12, "%011o",
+                  static_cast<unsigned>(data.size()));
+    h[156] = '0';
+    std::memcpy(h + 257, "ustar", 6);
+    std::memset(h + 148, ' ', 8);
+    unsigned sum = 0;
+    for (uint8_t b : h) sum += b;
+    std::snprintf(reinterpret_cast<char*>(h + 148), 8, "%06o", sum);
+    tar.insert(tar.end(), h, h + 512);
+    tar.insert(tar.end(), data.begin(), data.end());
+    tar.resize((tar.size() + 511) / 512 * 512);
+  };
+  member("doc/changelog.gz", Gzip(Text(3000, 33)));
+  member("lib/data.bin", Random(700, 34));
+  tar.resize(tar.size() + 1024);
+  return tar;
 }
 
 // An .xz stream of |data| at preset 1 (a small encoder, within the fuzzers' limits).
@@ -525,7 +551,8 @@ int main(int argc, char** argv) {
          std::vector<std::pair<std::string, Bytes>>{{"text", Xz(Text(4000, 32))},
                                                     {"mixed", Xz(mixed)},
                                                     {"blocks", blocks},
-                                                    {"empty", Xz({})}}) {
+                                                    {"empty", Xz({})},
+                                                    {"tar-gzip", Xz(TarWithGzip())}}) {
       Bytes in = {0};
       in.insert(in.end(), stream.begin(), stream.end());
       Write(replay_dir, "seed-stream-" + name, in);

@@ -325,6 +325,8 @@ bool StartChunk(const ChunkHeader& h, uint64_t content_pos, Lzma2State* s) {
   if (dict_reset) {
     s->dict_start = content_pos;
     s->need_dict_reset = false;
+    // As liblzma: after a dictionary reset the next LZMA chunk must state its properties.
+    s->need_props = true;
   } else if (s->need_dict_reset) {
     return false;
   }
