@@ -36,8 +36,9 @@ struct XzStreamLimits {
   uint64_t max_content = 16u << 20;  // Bounds the replay form too.
   // Streams are rebuilt by compressing their content again with liblzma when a preset whose
   // encoder needs at most this much memory reproduces them (proving costs a compression), from
-  // their replay forms otherwise (proving costs a decode). 0: replay forms only.
-  uint64_t max_encoder_memory = 128u << 20;
+  // their replay forms otherwise (proving costs a decode). 0 (as GenerateOptions): replay forms
+  // only.
+  uint64_t max_encoder_memory = 0;
   uint64_t max_streams = 16;
 };
 
