@@ -5,10 +5,10 @@
 namespace ds::delta {
 namespace {
 
-// Sparse probing: after 2^kMissShift probes without a match of kUsefulMatch bytes the step grows
-// by one, up to kMaxStep.
+// Sparse probing: after 2^kMissShift probes without finding a new alignment of kUsefulMatch bytes
+// the step grows by one, up to kMaxStep.
 constexpr int64_t kUsefulMatch = 16;
-constexpr int kMissShift = 7;
+constexpr int kMissShift = 8;
 constexpr int64_t kMaxStep = 8;
 
 }  // namespace
@@ -35,14 +35,16 @@ std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t beg
   int64_t last_pos = n > 0 ? std::min<int64_t>(scan, n - 1) : 0;
   int64_t last_offset = last_pos - last_scan;
 
+  // Probes since the last one that found a useful new alignment. In regions where nothing useful
+  // matches (new or incompressible data) or where the alignment in force explains what the
+  // suffix array finds about as well (tables of shifted addresses: relocations, unwind tables),
+  // probing grows ever more sparse: a long match missed at one position is still found from a
+  // later probe inside it and then recovered by the backward extension below.
+  int64_t misses = 0;
   while (scan < e) {
     int64_t old_score = 0;  // Bytes of new[scan, scan+len) that the current alignment matches.
     scan += len;
     int64_t scored_to = scan;
-    // In regions where nothing useful matches (new or incompressible data), probe ever more
-    // sparsely: a long match missed at one position is still found from a later probe inside it
-    // and then recovered by the backward extension below.
-    int64_t misses = 0;
     for (int64_t step = 1; scan < e; scan += step) {
       uint64_t p;
       len = static_cast<int64_t>(
@@ -55,7 +57,7 @@ std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t beg
           len > old_score + static_cast<int64_t>(options.min_gain)) {
         break;
       }
-      misses = len < kUsefulMatch ? misses + 1 : 0;
+      ++misses;
       step = std::min<int64_t>(1 + (misses >> kMissShift), kMaxStep);
       step = std::min(step, e - scan);
       // Drop the positions stepped over from the alignment's score.
@@ -64,6 +66,7 @@ std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t beg
       }
       if (scored_to < scan + step) scored_to = scan + step;
     }
+    if (len >= kUsefulMatch && len > old_score + static_cast<int64_t>(options.min_gain)) misses = 0;
     if (len == old_score && scan != e) continue;
 
     // Extend the previous alignment forwards from last_scan: keep the prefix where matches
