@@ -90,23 +90,28 @@ class Compressor {
   ZSTD_CCtx* cctx_;
 };
 
-// LZMA2 at |preset| with match length |nice_len| (0: the preset's). On diff streams (long zero
-// runs broken by small differences) nice_len 273 makes it ~14% smaller than zstd --ultra -22.
-// Preset 9 is for compressible streams; on nearly random ones a fast preset loses almost
-// nothing and saves most of the time. A non-empty |ref| presets the dictionary with it
-// ("patch-from" with LZMA2, method kLzmaRef).
-// |varints|: the data is a control stream of varints, where a literal's context is one bit of the
-// byte before (LZMA2 chunks carry lc/lp/pb, so the decoder needs nothing): 1-6% smaller.
-Result<Bytes> Lzma2Compress(ByteView src, uint32_t preset, uint32_t nice_len, ByteView ref = {},
-                            bool varints = false) {
+// A suffix array built once (on a thread of its own) for several parts of the generator.
+using SharedSuffixArray = std::shared_future<Result<SuffixArray>>;
+
+// How a stream is coded with LZMA2.
+struct LzmaTuning {
+  uint32_t preset = 9;
+  uint32_t nice_len = 0;                // 0: the preset's.
+  std::optional<lzma_match_finder> mf;  // Empty: the preset's.
+  // Literal context bits, literal position bits, position bits: -1 keeps the preset's.
+  int lc = -1, lp = -1, pb = -1;
+};
+
+// LZMA2 with |tuning|. A non-empty |ref| presets the dictionary with it ("patch-from" with LZMA2,
+// method kLzmaRef).
+Result<Bytes> Lzma2Compress(ByteView src, const LzmaTuning& tuning, ByteView ref = {}) {
   lzma_options_lzma opt{};
-  if (lzma_lzma_preset(&opt, preset)) return Error(ErrorCode::kInternal, "lzma preset");
-  if (nice_len) opt.nice_len = nice_len;
-  if (varints) {
-    opt.lc = 1;
-    opt.lp = 0;
-    opt.pb = 0;
-  }
+  if (lzma_lzma_preset(&opt, tuning.preset)) return Error(ErrorCode::kInternal, "lzma preset");
+  if (tuning.nice_len) opt.nice_len = tuning.nice_len;
+  if (tuning.mf) opt.mf = *tuning.mf;
+  if (tuning.lc >= 0) opt.lc = static_cast<uint32_t>(tuning.lc);
+  if (tuning.lp >= 0) opt.lp = static_cast<uint32_t>(tuning.lp);
+  if (tuning.pb >= 0) opt.pb = static_cast<uint32_t>(tuning.pb);
   if (ref.empty()) {
     opt.dict_size = std::max<uint32_t>(
         LZMA_DICT_SIZE_MIN, static_cast<uint32_t>(std::min<uint64_t>(src.size(), opt.dict_size)));
@@ -128,11 +133,59 @@ Result<Bytes> Lzma2Compress(ByteView src, uint32_t preset, uint32_t nice_len, By
   return out;
 }
 
+// The LZMA2 settings for one copydiff stream, chosen on the corpus (docs/BENCHMARKS.md):
+// - nearly random streams (|dense|): a fast preset loses almost nothing and saves most of the
+//   time;
+// - a diff stream as it is (long zero runs broken by small differences): nice_len 273, ~14%
+//   smaller than zstd --ultra -22; the binary tree on 2-byte hashes (bt2) is as small as bt4 and
+//   faster;
+// - a diff stream in zero-run form (no long runs left: run lengths and the differences of code
+//   whose addresses moved): nice_len 64, bt2, a literal's context the top two bits of the byte
+//   before and no position bits (lc=2/lp=0/pb=0): 0.7% smaller and ~25% faster than nice_len
+//   273 with bt4;
+// - the literal stream (new bytes): nice_len 32, bt2 (as small as bt4, ~13% faster);
+// - the control stream (varints, where a literal's context is one bit of the byte before):
+//   lc=1/lp=0/pb=0, 1-6% smaller.
+// LZMA2 chunks carry lc/lp/pb, so the decoder needs none of this.
+LzmaTuning StreamTuning(int stream, bool zero_run_form, bool dense, bool sparse) {
+  LzmaTuning t;
+  if (dense) {
+    t.preset = 2;
+    return t;
+  }
+  switch (stream) {
+    case kControlStream:
+      t.nice_len = 32;
+      t.lc = 1;
+      t.lp = 0;
+      t.pb = 0;
+      break;
+    case kDiffStream:
+      if (zero_run_form) {
+        t.nice_len = 64;
+        t.mf = LZMA_MF_BT2;
+        t.lc = 2;
+        t.lp = 0;
+        t.pb = 0;
+      } else {
+        t.nice_len = sparse ? 32 : 273;
+        t.mf = LZMA_MF_BT2;
+      }
+      break;
+    default:
+      t.nice_len = 32;
+      t.mf = LZMA_MF_BT2;
+      break;
+  }
+  return t;
+}
+
 // Streams up to this size get every coder whatever the fast probe says.
 constexpr size_t kSmallStream = 4096;
 
-// Streams up to this size are also tried with zstd (cheap at that size).
-constexpr size_t kZstdTrialLimit = 1 << 20;
+// Streams up to this size are also tried with zstd at the stream level (cheap at that size;
+// above it LZMA2 won on every stream of the corpus).
+constexpr size_t kZstdTrialLimit = 128 << 10;
 
 // About the bytes of a segment header, for comparing encodings.
 constexpr uint64_t kSegmentOverhead = 24;
@@ -162,7 +215,8 @@ struct StreamCoding {
   Bytes bytes;      // Empty when stored (the caller keeps the source).
   size_t size = 0;  // Coded bytes.
 };
-Result<StreamCoding> CodeStream(ByteView src, int stream, int level, Compressor* comp) {
+Result<StreamCoding> CodeStream(ByteView src, int stream, bool zero_run_form, int level,
+                                Compressor* comp) {
   StreamCoding best;
   best.size = src.size();
   auto keep = [&](StreamCodec codec, Bytes&& bytes) {
@@ -183,9 +237,7 @@ Result<StreamCoding> CodeStream(ByteView src, int stream, int level, Compressor*
   const bool sparse = best.size * 1024 < src.size();
   if (sparse && best.size <= 64) return best;
   const bool dense = best.size * 10 > src.size() * 9 && src.size() > kSmallStream;
-  Result<Bytes> lz = dense ? Lzma2Compress(src, 2, 0)
-                           : Lzma2Compress(src, 9, stream == kDiffStream && !sparse ? 273 : 32, {},
-                                           stream == kControlStream);
+  Result<Bytes> lz = Lzma2Compress(src, StreamTuning(stream, zero_run_form, dense, sparse));
   if (!lz.ok()) return lz.status();
   keep(StreamCodec::kLzma2, std::move(lz).value());
   if (src.size() <= kZstdTrialLimit && !dense) {
@@ -246,10 +298,10 @@ Result<EncodedSegment> EncodeCopyDiff(ByteView old, ByteView neu, uint64_t begin
     const bool try_form = forms[i].size() * 2 <= streams[i].size();
     std::optional<StreamCoding> form, raw;
     if (try_form) {
-      DS_ASSIGN_OR_RETURN(form, CodeStream(forms[i], i, level, c));
+      DS_ASSIGN_OR_RETURN(form, CodeStream(forms[i], i, true, level, c));
     }
     if (!try_form || streams[i].size() <= kRawStreamTrialLimit) {
-      DS_ASSIGN_OR_RETURN(raw, CodeStream(streams[i], i, level, c));
+      DS_ASSIGN_OR_RETURN(raw, CodeStream(streams[i], i, false, level, c));
     }
     if (form.has_value() &&
         (!raw.has_value() || form->size + VarintSize(forms[i].size()) < raw->size)) {
@@ -299,7 +351,9 @@ Result<EncodedSegment> EncodeRef(ByteView old, ByteView neu, uint64_t begin, uin
                                  Compressor* comp) {
   const ByteView src = neu.subspan(begin, end - begin);
   const ByteView ref = old.subspan(ref_offset, ref_length);
-  Result<Bytes> z = level == 0 ? Lzma2Compress(src, 9, 273, ref) : comp->Compress(src, level, ref);
+  Result<Bytes> z =
+      level == 0 ? Lzma2Compress(src, LzmaTuning{.preset = 9, .nice_len = 273, .mf = {}}, ref)
+                 : comp->Compress(src, level, ref);
   if (!z.ok()) return z.status();
   EncodedSegment s;
   s.header.method = level == 0 ? Method::kLzmaRef : Method::kZstdRef;
@@ -543,9 +597,10 @@ int ThreadCount(const GenerateOptions& options) {
                              : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
-// The plain patch: the whole new file matched against the whole old file.
+// The plain patch: the whole new file matched against the whole old file (through |shared_sa|,
+// the old file's, when given).
 Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions& options,
-                              GenerateStats& st) {
+                              GenerateStats& st, const SharedSuffixArray* shared_sa = nullptr) {
   const auto t0 = Clock::now();
   const int threads = ThreadCount(options);
   const uint64_t n = old.size(), m = neu.size();
@@ -559,7 +614,9 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
     header.new_sha256 = Sha256::Of(neu);
   });
   const auto t_sort = Clock::now();
-  Result<SuffixArray> sa_or = SuffixArray::Build(old);
+  Result<SuffixArray> own_sa = Error(ErrorCode::kInternal, "suffix array not built");
+  if (shared_sa == nullptr) own_sa = SuffixArray::Build(old);
+  const Result<SuffixArray>& sa_or = shared_sa ? shared_sa->get() : own_sa;
   st.suffix_sort_seconds = SecondsSince(t_sort);
   hashes.wait();
   if (!sa_or.ok()) return sa_or.status();
@@ -839,6 +896,10 @@ struct RecompressStream {
   Bytes decoded;
   XzParams xz;
   Bytes xz_content;  // Old .xz streams (kind xz-replay, decoded = the form): their content.
+  // Old .xz streams: the suffix array of their form's content section, sorted as soon as the
+  // stream is decoded (while the new file is still being decoded and proven). It borrows
+  // |decoded|'s buffer, which moving the stream keeps.
+  SharedSuffixArray content_sa;
 };
 
 // The streams of |file|, sorted by offset and disjoint. |prove|: new file (xz settings needed).
@@ -847,8 +908,18 @@ std::vector<RecompressStream> FindRecompressStreams(ByteView file, bool prove,
   std::vector<RecompressStream> out;
   DeflateStreamLimits dl;
   dl.max_puff = options.max_decoded;
+  auto add = [&](Transform kind, const std::string& name, uint64_t offset, uint64_t length,
+                 Bytes&& decoded) -> RecompressStream& {
+    RecompressStream& r = out.emplace_back();
+    r.kind = kind;
+    r.name = name;
+    r.offset = offset;
+    r.length = length;
+    r.decoded = std::move(decoded);
+    return r;
+  };
   for (DeflateStream& d : FindDeflateStreams(file, dl)) {
-    out.push_back({Transform::kDeflate, d.name, d.offset, d.length, std::move(d.puff), {}});
+    add(Transform::kDeflate, d.name, d.offset, d.length, std::move(d.puff));
   }
   XzStreamLimits xl;
   xl.max_content = options.max_decoded;
@@ -856,10 +927,20 @@ std::vector<RecompressStream> FindRecompressStreams(ByteView file, bool prove,
   for (XzStream& x : FindXzStreams(file, prove, xl)) {
     // Old streams keep both decoded forms: the new namesake picks the one its transform reads.
     if (!prove || !x.reencode) {
-      out.push_back({Transform::kXzReplay, x.name, x.offset, x.length, std::move(x.form), x.params,
-                     std::move(x.content)});
+      RecompressStream& r =
+          add(Transform::kXzReplay, x.name, x.offset, x.length, std::move(x.form));
+      r.xz = x.params;
+      r.xz_content = std::move(x.content);
+      Result<ReplayFormLayout> layout = ReplayFormSections(r.decoded);
+      if (!prove && layout.ok() && layout->content_length > 0) {
+        const ByteView content =
+            ByteView(r.decoded).subspan(layout->content_offset, layout->content_length);
+        r.content_sa = std::async(std::launch::async, [content] {
+                         return SuffixArray::Build(content);
+                       }).share();
+      }
     } else {
-      out.push_back({Transform::kXz, x.name, x.offset, x.length, std::move(x.content), x.params});
+      add(Transform::kXz, x.name, x.offset, x.length, std::move(x.content)).xz = x.params;
     }
   }
   std::sort(out.begin(), out.end(), [](const RecompressStream& a, const RecompressStream& b) {
@@ -880,12 +961,18 @@ Result<std::vector<CopyOp>> MatchWhole(ByteView old, ByteView neu) {
 }
 
 // Copies that rebuild the section [begin, +length) of |neu| from the section |old| of a larger
-// buffer starting at |old_base|, shifted to that buffer's offsets.
+// buffer starting at |old_base|, shifted to that buffer's offsets; through |old_sa|, the suffix
+// array of |old|, when it is given (valid).
 Result<std::vector<CopyOp>> MatchSection(ByteView old, uint64_t old_base, ByteView neu,
-                                         uint64_t begin, uint64_t length) {
+                                         uint64_t begin, uint64_t length,
+                                         const SharedSuffixArray& old_sa) {
   if (length == 0) return std::vector<CopyOp>();
   if (old.empty()) return std::vector<CopyOp>{CopyOp{0, 0, length}};
-  DS_ASSIGN_OR_RETURN(SuffixArray sa, SuffixArray::Build(old));
+  Result<SuffixArray> own_sa = Error(ErrorCode::kInternal, "suffix array not built");
+  if (!old_sa.valid()) own_sa = SuffixArray::Build(old);
+  const Result<SuffixArray>& sa_or = old_sa.valid() ? old_sa.get() : own_sa;
+  if (!sa_or.ok()) return sa_or.status();
+  const SuffixArray& sa = *sa_or;
   // Halves matched at once (the suffix array is shared; the halves' copies simply follow).
   const uint64_t half = length >= (2u << 20) ? length / 2 : length;
   std::future<std::vector<CopyOp>> second;
@@ -984,12 +1071,14 @@ Result<std::vector<CopyOp>> AlignParse(ByteView old, const ReplayFormLayout& o, 
 // Two xz replay forms are matched section by section: content against content through a suffix
 // array, the parse aligned through the content (AlignParse), the few header and frame bytes as
 // literals.
-Result<std::vector<CopyOp>> MatchReplayForms(ByteView old, ByteView neu) {
+Result<std::vector<CopyOp>> MatchReplayForms(ByteView old, ByteView neu,
+                                             const SharedSuffixArray& old_content_sa) {
   DS_ASSIGN_OR_RETURN(ReplayFormLayout o, ReplayFormSections(old));
   DS_ASSIGN_OR_RETURN(ReplayFormLayout n, ReplayFormSections(neu));
-  DS_ASSIGN_OR_RETURN(std::vector<CopyOp> content,
-                      MatchSection(old.subspan(o.content_offset, o.content_length),
-                                   o.content_offset, neu, n.content_offset, n.content_length));
+  DS_ASSIGN_OR_RETURN(
+      std::vector<CopyOp> content,
+      MatchSection(old.subspan(o.content_offset, o.content_length), o.content_offset, neu,
+                   n.content_offset, n.content_length, old_content_sa));
   DS_ASSIGN_OR_RETURN(std::vector<CopyOp> parse, AlignParse(old, o, neu, n, content));
   std::vector<CopyOp> ops;
   ops.push_back(CopyOp{0, 0, n.content_offset});  // Header: literal.
@@ -1021,7 +1110,8 @@ struct PieceResult {
 Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
                                  std::vector<RecompressStream> new_streams,
                                  std::vector<RecompressStream> old_streams,
-                                 const GenerateOptions& options, GenerateStats& st) {
+                                 const SharedSuffixArray& old_sa, const GenerateOptions& options,
+                                 GenerateStats& st) {
   const auto t0 = Clock::now();
   if (new_streams.empty()) return Bytes();
   std::vector<std::pair<size_t, size_t>> pairs;  // (new stream, old stream)
@@ -1057,10 +1147,6 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
   const int threads = ThreadCount(options);
   std::vector<std::unique_ptr<Compressor>> comps;
   for (int i = 0; i < threads; ++i) comps.push_back(std::make_unique<Compressor>());
-  // The old file's suffix array, built when a piece needs a plain encoding (the pieces around a
-  // single gzip member are a few bytes, stored).
-  std::once_flag sa_once;
-  Result<SuffixArray> sa = Error(ErrorCode::kInternal, "suffix array not built");
   FileHeader header;
   header.old_size = old.size();
   header.new_size = m;
@@ -1081,7 +1167,7 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
       r.seg = Stored(neu, piece.begin, piece.end);
       r.plain_size = r.seg.encoded_size();
       if (piece.end - piece.begin <= 64) return Status::Ok();
-      std::call_once(sa_once, [&] { sa = SuffixArray::Build(old); });
+      const Result<SuffixArray>& sa = old_sa.get();
       if (!sa.ok()) return sa.status();
       std::vector<CopyOp> ops = MatchRange(*sa, neu, piece.begin, piece.end);
       PruneCopies(&ops, piece.begin, kBinaryLiteralCost);
@@ -1110,9 +1196,9 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
                                      ? ByteView(os.xz_content)
                                      : ByteView(os.decoded);
     const uint64_t p = ns.decoded.size();
-    Result<std::vector<CopyOp>> matched = ns.kind == Transform::kXzReplay
-                                              ? MatchReplayForms(old_decoded, ns.decoded)
-                                              : MatchWhole(old_decoded, ns.decoded);
+    Result<std::vector<CopyOp>> matched =
+        ns.kind == Transform::kXzReplay ? MatchReplayForms(old_decoded, ns.decoded, os.content_sa)
+                                        : MatchWhole(old_decoded, ns.decoded);
     if (!matched.ok()) {
       r.status = matched.status();
       return;
@@ -1236,15 +1322,18 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
   // streams (and proving that they rebuild), then matching and coding their decoded forms. Both
   // have single-threaded stretches (decoding, suffix sorting), which the other fills.
   GenerateStats ps;
-  std::future<Result<Bytes>> plain_future =
-      std::async(std::launch::async, [&] { return GenerateGeneric(old, neu, options, ps); });
+  // The old file's suffix array serves the plain patch and the plan's bytes between streams.
+  const SharedSuffixArray old_sa =
+      std::async(std::launch::async, [old] { return SuffixArray::Build(old); }).share();
+  std::future<Result<Bytes>> plain_future = std::async(
+      std::launch::async, [&] { return GenerateGeneric(old, neu, options, ps, &old_sa); });
   std::future<std::vector<RecompressStream>> old_streams =
       std::async(std::launch::async, [&] { return FindRecompressStreams(old, false, options); });
   std::vector<RecompressStream> streams = FindRecompressStreams(neu, true, options);
   std::vector<RecompressStream> old_found = old_streams.get();
   GenerateStats rs;
   Result<Bytes> recompressed =
-      GenerateRecompress(old, neu, std::move(streams), std::move(old_found), options, rs);
+      GenerateRecompress(old, neu, std::move(streams), std::move(old_found), old_sa, options, rs);
   Result<Bytes> plain = plain_future.get();
   if (!plain.ok()) return plain;
   if (!recompressed.ok()) return recompressed.status();
