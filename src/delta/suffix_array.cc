@@ -42,7 +42,20 @@ Result<SuffixArray> SuffixArray::Build(ByteView text) {
       return Error(ErrorCode::kInternal, "divsufsort64 failed");
     }
   }
+  sa.BuildBuckets();
   return sa;
+}
+
+// Counts the suffixes by their first two bytes. The one-byte suffix (the text's last byte x)
+// sorts just before the suffixes starting with x then 0x00.
+void SuffixArray::BuildBuckets() {
+  const uint64_t n = text_.size();
+  if (n < 2) return;
+  const uint8_t* t = text_.data();
+  bucket_.assign(65537, 0);
+  for (uint64_t i = 0; i + 1 < n; ++i) ++bucket_[(uint32_t{t[i]} << 8 | t[i + 1]) + 1];
+  ++bucket_[(uint32_t{t[n - 1]} << 8) + 1];  // Counted in the group it precedes.
+  for (size_t k = 1; k < bucket_.size(); ++k) bucket_[k] += bucket_[k - 1];
 }
 
 uint64_t SuffixArray::LongestMatch(ByteView needle, uint64_t* pos) const {
@@ -58,8 +71,23 @@ template <typename Idx>
 uint64_t SuffixArray::Search(const std::vector<Idx>& sa, ByteView needle, uint64_t* pos) const {
   const uint8_t* t = text_.data();
   const uint64_t n = text_.size();
-  int64_t lo = -1, hi = static_cast<int64_t>(sa.size());
-  uint64_t lo_lcp = 0, hi_lcp = 0;
+  // The bounds: the needle's two-byte bucket when it has one (every suffix strictly inside shares
+  // those two bytes with the needle), else the whole array.
+  int64_t first = 0, end = static_cast<int64_t>(sa.size());
+  uint64_t shared = 0;
+  if (needle.size() >= 2 && !bucket_.empty()) {
+    const uint32_t k = uint32_t{needle[0]} << 8 | needle[1];
+    const int64_t b = static_cast<int64_t>(bucket_[k]), e = static_cast<int64_t>(bucket_[k + 1]);
+    // The one-byte suffix counted at the start of bucket x00 shares one byte only.
+    const int64_t skip = n >= 1 && needle[1] == 0 && t[n - 1] == needle[0] ? 1 : 0;
+    if (b + skip < e) {
+      first = b + skip;
+      end = e;
+      shared = 2;
+    }
+  }
+  int64_t lo = first - 1, hi = end;
+  uint64_t lo_lcp = shared, hi_lcp = shared;
   while (hi - lo > 1) {
     const int64_t mid = lo + (hi - lo) / 2;
     const uint64_t s = static_cast<uint64_t>(sa[mid]);
@@ -78,12 +106,12 @@ uint64_t SuffixArray::Search(const std::vector<Idx>& sa, ByteView needle, uint64
       hi_lcp = l;
     }
   }
-  const bool lo_ok = lo >= 0, hi_ok = hi < static_cast<int64_t>(sa.size());
+  const bool lo_ok = lo >= first, hi_ok = hi < end;
   if (hi_ok && (!lo_ok || hi_lcp >= lo_lcp)) {
-    *pos = static_cast<uint64_t>(sa[hi]);
+    if (hi_lcp > 0) *pos = static_cast<uint64_t>(sa[hi]);
     return hi_lcp;
   }
-  if (lo_ok) {
+  if (lo_ok && lo_lcp > 0) {
     *pos = static_cast<uint64_t>(sa[lo]);
     return lo_lcp;
   }
