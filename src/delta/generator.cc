@@ -681,17 +681,63 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
 
   const double literal_cost = text ? kTextLiteralCost : kBinaryLiteralCost;
 
-  // One task per whole-file candidate and reference part, then one per segment: match (against
-  // the whole old file), then keep the smaller of copydiff and stored; on large segments that are
-  // mostly literals also try zstd with an old window.
+  // Every segment matched against the whole old file first, so that an executable transform can
+  // filter and sort its old file (which needs the copies) while the segments are coded.
+  std::vector<std::vector<CopyOp>> matched(seg_count), seg_ops(seg_count);
+  const auto t_match = Clock::now();
+  ParallelFor(threads, seg_count, [&](int, size_t i) {
+    const uint64_t begin = i * seg_size, end = std::min(m, begin + seg_size);
+    matched[i] = MatchRange(sa, neu, begin, end);
+    seg_ops[i] = matched[i];
+    PruneCopies(&seg_ops[i], begin, literal_cost);
+  });
+
+  // Executable transform: filter both files' code (the new file per segment, as the applier
+  // will) and sort the filtered old file — on a thread of its own, beside the coding below, for
+  // binaries (text keeps its copies open to a second pruning, so its transform waits for it).
+  TransformChoice tc;
+  if (options.try_transforms && seg_count > 0 && n > 0) tc = ChooseTransform(old, neu);
+  std::vector<size_t> code_segs;
+  struct Filtered {
+    Bytes fold, fnew;
+    Result<SuffixArray> fsa = Error(ErrorCode::kInternal, "suffix array not built");
+    double seconds = 0;
+  };
+  auto filter = [&]() {
+    const auto t_filter = Clock::now();
+    auto f = std::make_unique<Filtered>();
+    tc.address_map = BuildAddressMap(seg_ops, seg_size, tc.old_regions);
+    const TargetMap target_map(tc.old_regions, tc.new_regions, tc.address_map);
+    f->fold.assign(old.begin(), old.end());
+    ApplyBranchFilter(tc.transform, tc.old_regions, 0, f->fold, true, &target_map);
+    f->fnew.assign(neu.begin(), neu.end());
+    for (size_t i : code_segs) {
+      const uint64_t begin = i * seg_size, end = std::min(m, begin + seg_size);
+      ApplyBranchFilter(tc.transform, tc.new_regions, begin,
+                        std::span<uint8_t>(f->fnew.data() + begin, end - begin), true);
+    }
+    f->fsa = SuffixArray::Build(f->fold);
+    f->seconds = SecondsSince(t_filter);
+    return f;
+  };
+  std::future<std::unique_ptr<Filtered>> filtered;
+  if (tc.transform != Transform::kNone) {
+    for (size_t i = 0; i < seg_count; ++i) {
+      const uint64_t begin = i * seg_size, end = std::min(m, begin + seg_size);
+      if (Intersects(tc.new_regions, begin, end)) code_segs.push_back(i);
+    }
+    filtered = std::async(text ? std::launch::deferred : std::launch::async, filter);
+  }
+
+  // One task per whole-file candidate and reference part, then one per segment: keep the smaller
+  // of copydiff and stored; on large segments that are mostly literals also try zstd with an old
+  // window.
   Plan plan;
   plan.segments.resize(seg_count);
   plan.seg_size = seg_size;
   std::vector<std::optional<EncodedSegment>> whole(ref_levels.size());
   const size_t first_segment_task = ref_levels.size() + ref_parts.size();
   std::vector<Status> errors(first_segment_task + seg_count);
-  std::vector<std::vector<CopyOp>> seg_ops(seg_count);
-  const auto t_match = Clock::now();
   ParallelFor(threads, first_segment_task + seg_count, [&](int worker, size_t task) {
     Compressor* comp = comps[worker].get();
     if (task < ref_levels.size()) {
@@ -713,9 +759,6 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
     }
     const size_t i = task - first_segment_task;
     const uint64_t begin = i * seg_size, end = std::min(m, begin + seg_size);
-    const std::vector<CopyOp> matched = MatchRange(sa, neu, begin, end);
-    seg_ops[i] = matched;
-    PruneCopies(&seg_ops[i], begin, literal_cost);
     EncodedSegment best = Stored(neu, begin, end);
     auto cd = EncodeCopyDiff(old, neu, begin, seg_ops[i], options.stream_level, comp);
     if (!cd.ok()) {
@@ -724,7 +767,7 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
     }
     if (cd->encoded_size() < best.encoded_size()) best = std::move(cd).value();
     if (text) {
-      std::vector<CopyOp> fewer = matched;
+      std::vector<CopyOp> fewer = matched[i];
       PruneCopies(&fewer, begin, kTextLiteralCostLow);
       if (fewer.size() != seg_ops[i].size()) {
         auto alt = EncodeCopyDiff(old, neu, begin, fewer, options.stream_level, comp);
@@ -757,29 +800,14 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
   for (const Status& s : errors) DS_RETURN_IF_ERROR(s);
   st.match_seconds = SecondsSince(t_match);
 
-  // Executable transform: filter both files' code (the new file per segment, as the applier
-  // will), match again in that space, and keep each segment's smaller encoding.
-  TransformChoice tc;
+  // The transform's matching in the filtered space: each code segment keeps its smaller encoding.
   uint64_t tables_cost = 0;
-  if (options.try_transforms && seg_count > 0 && n > 0) tc = ChooseTransform(old, neu);
   if (tc.transform != Transform::kNone) {
+    const std::unique_ptr<Filtered> f = filtered.get();
     const auto t_tr = Clock::now();
-    std::vector<size_t> code_segs;
-    for (size_t i = 0; i < seg_count; ++i) {
-      const uint64_t begin = i * seg_size, end = std::min(m, begin + seg_size);
-      if (Intersects(tc.new_regions, begin, end)) code_segs.push_back(i);
-    }
-    tc.address_map = BuildAddressMap(seg_ops, seg_size, tc.old_regions);
-    const TargetMap target_map(tc.old_regions, tc.new_regions, tc.address_map);
-    Bytes fold(old.begin(), old.end());
-    ApplyBranchFilter(tc.transform, tc.old_regions, 0, fold, true, &target_map);
-    Bytes fnew(neu.begin(), neu.end());
-    for (size_t i : code_segs) {
-      const uint64_t begin = i * seg_size, end = std::min(m, begin + seg_size);
-      ApplyBranchFilter(tc.transform, tc.new_regions, begin,
-                        std::span<uint8_t>(fnew.data() + begin, end - begin), true);
-    }
-    Result<SuffixArray> fsa = SuffixArray::Build(fold);
+    const Bytes& fold = f->fold;
+    const Bytes& fnew = f->fnew;
+    const Result<SuffixArray>& fsa = f->fsa;
     if (!fsa.ok()) return fsa.status();
     std::vector<std::optional<EncodedSegment>> tseg(code_segs.size());
     std::vector<Status> terr(code_segs.size());
@@ -815,7 +843,7 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
       }
       st.transform_saved_bytes = saved - tables_cost;
     }
-    st.transform_seconds = SecondsSince(t_tr);
+    st.transform_seconds = f->seconds + SecondsSince(t_tr);
   }
   // A small patch of a multi-segment file: the segments' framing is a visible share of it, so
   // also try all the copies as one segment (cheap: its streams are mostly zeros).
