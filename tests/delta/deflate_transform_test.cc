@@ -245,7 +245,9 @@ TEST(DeflateTransform, ZipEntriesPairByName) {
   Result<Bytes> out = ApplyPatch(old, o.patch);
   ASSERT_TRUE(out.ok());
   ds::testing::WriteFileOrDie(dir.Join("rebuilt.zip"), *out);
-  if (HaveTool("unzip")) EXPECT_TRUE(Sh("unzip -tq " + dir.Join("rebuilt.zip") + " >/dev/null"));
+  if (HaveTool("unzip")) {
+    EXPECT_TRUE(Sh("unzip -tq " + dir.Join("rebuilt.zip") + " >/dev/null"));
+  }
 }
 
 TEST(DeflateTransform, NotDeflateOrUnrelatedIsPlain) {
@@ -798,6 +800,61 @@ TEST(XzReplayTransform, GzipFilesInsideTheTarAreDiffedOnTheirPuffs) {
   ASSERT_GE(o.patch.size(), same_log.patch.size());
   EXPECT_LT((o.patch.size() - same_log.patch.size()) * 8, gz_new.size())
       << o.patch.size() << " - " << same_log.patch.size() << " vs " << gz_new.size();
+}
+
+// Counts the chunks of a raw LZMA2 stream that reset the dictionary, walking its chunk headers
+// to the end marker, which must be its last byte (-1 when the walk does not end there).
+int Lzma2DictionaryResets(ByteView s) {
+  int resets = 0;
+  size_t i = 0;
+  while (i < s.size()) {
+    const uint8_t c = s[i];
+    if (c == 0x00) return i + 1 == s.size() ? resets : -1;
+    if (c == 0x01 || c == 0x02) {  // Uncompressed chunk (0x01 resets the dictionary).
+      if (i + 3 > s.size()) return -1;
+      resets += c == 0x01;
+      i += 3 + ((size_t{s[i + 1]} << 8 | s[i + 2]) + 1);
+    } else if (c >= 0x80) {  // LZMA chunk; 0xE0..0xFF reset the dictionary and carry props.
+      if (i + 5 > s.size()) return -1;
+      resets += c >= 0xE0;
+      const size_t packed = (size_t{s[i + 3]} << 8 | s[i + 4]) + 1;
+      i += 5 + (c >= 0xC0 ? 1 : 0) + packed;
+    } else {
+      return -1;
+    }
+  }
+  return -1;
+}
+
+TEST(XzReplayTransform, LargeStreamsAreCodedInHalves) {
+  // A form over 4 MiB (its streams are coded at once) whose literal stream is over 1 MiB (1.5 MB
+  // of new source): that stream's LZMA2 is two halves, the second starting with a dictionary
+  // reset, and applies as one stream.
+  const Bytes base = SourceLike(3u << 20, 21);
+  Bytes grown = base;
+  const Bytes added = SourceLike(1500000, 77);
+  grown.insert(grown.begin() + (1u << 20), added.begin(), added.end());
+  const Outcome o = RoundTrip(Xz(base, 1), Xz(grown, 1));
+  ASSERT_EQ(XzSegments(o.patch, Transform::kXzReplay), 1u);
+  Result<PatchInfo> info = InspectPatch(o.patch);
+  ASSERT_TRUE(info.ok());
+  const SegmentInfo* seg = nullptr;
+  size_t index = 0;
+  for (size_t k = 0; k < info->segments.size(); ++k) {
+    if (info->segments[k].header.transform == Transform::kXzReplay) {
+      seg = &info->segments[k];
+      index = k;
+    }
+  }
+  ASSERT_NE(seg, nullptr);
+  ASSERT_GE(seg->stream_raw[2], 1u << 20);
+  ASSERT_EQ(seg->stream_codec[2], StreamCodec::kLzma2);
+  // The literal stream is the last bytes of the segment's payload.
+  const uint64_t seg_end =
+      index + 1 < info->segments.size() ? info->segments[index + 1].patch_offset : o.patch.size();
+  const ByteView lit =
+      ByteView(o.patch).subspan(seg_end - seg->stream_encoded[2], seg->stream_encoded[2]);
+  EXPECT_EQ(Lzma2DictionaryResets(lit), 2);
 }
 
 }  // namespace
