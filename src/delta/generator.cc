@@ -953,7 +953,8 @@ struct RecompressStream {
   Bytes xz_content;  // Old .xz streams (kind xz-replay, decoded = the form): their content.
   // Old .xz streams: the suffix array of their form's content section, sorted as soon as the
   // stream is decoded (while the new file is still being decoded and proven). It borrows
-  // |decoded|'s buffer, which moving the stream keeps.
+  // |decoded|'s buffer, which moving the stream keeps; declared after it, it is destroyed first
+  // (waiting for the sort to end) when a stream is dropped.
   SharedSuffixArray content_sa;
 };
 
