@@ -240,7 +240,8 @@ class RangeEncoder {
   uint64_t cache_size_ = 1;
 };
 
-uint32_t DecodeLen(RangeDecoder& rc, LenModel& m, uint32_t pos_state) {
+[[gnu::always_inline]] inline uint32_t DecodeLen(RangeDecoder& rc, LenModel& m,
+                                                 uint32_t pos_state) {
   if (rc.Bit(&m.choice) == 0) return rc.Tree(m.low[pos_state], 3);
   if (rc.Bit(&m.choice2) == 0) return 8 + rc.Tree(m.mid[pos_state], 3);
   return 16 + rc.Tree(m.high, 8);
@@ -261,7 +262,7 @@ void EncodeLen(RangeEncoder& rc, LenModel& m, uint32_t pos_state, uint32_t len_c
   }
 }
 
-uint32_t DecodeDist(RangeDecoder& rc, Model& m, uint32_t len_code) {
+[[gnu::always_inline]] inline uint32_t DecodeDist(RangeDecoder& rc, Model& m, uint32_t len_code) {
   const uint32_t slot = rc.Tree(m.p.pos_slot[std::min<uint32_t>(len_code, 3)], 6);
   if (slot < 4) return slot;
   const int direct = static_cast<int>(slot >> 1) - 1;
@@ -669,6 +670,10 @@ class Decoder {
     if (!rc.Init(payload)) return Bad(kBad, "bad range coder start");
     Model& m = s_.model;
     const uint64_t end = content_.size() + h.unpacked;
+    if (content_.capacity() < end) {  // Room for the whole chunk (grown geometrically).
+      content_.reserve(
+          std::max<uint64_t>(end, std::min<uint64_t>(2 * content_.capacity(), max_content_)));
+    }
     const uint32_t pb_mask = (1u << m.pb) - 1;
     while (content_.size() < end) {
       const uint64_t pos = content_.size() - s_.dict_start;
@@ -738,8 +743,15 @@ class Decoder {
         }
         const uint64_t len = len_code + 2;
         if (len > end - content_.size()) return Bad(kBad, "match crosses its chunk");
-        const size_t from = content_.size() - m.reps[0] - 1;
-        for (uint64_t i = 0; i < len; ++i) content_.push_back(content_[from + i]);
+        // Byte by byte when the match overlaps itself (a distance shorter than its length).
+        const size_t at = content_.size(), from = at - m.reps[0] - 1;
+        content_.resize(at + len);
+        uint8_t* c = content_.data();
+        if (from + len <= at) {
+          std::memcpy(c + at, c + from, len);
+        } else {
+          for (uint64_t i = 0; i < len; ++i) c[at + i] = c[from + i];
+        }
       }
       if (rc.overrun()) return Bad(kBad, "truncated LZMA2 chunk");
     }
