@@ -656,6 +656,9 @@ def main():
                     help="benchmark our VCDIFF output instead: plain (vs xdelta3 -9 -S none) or "
                          "lzma (--vcdiff-lzma vs xdelta3 -9 -S lzma)")
     ap.add_argument("--workdir", default=None, help="where temporary patches go (default: system temp)")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="make our patches N times, our tools taking turns, and report the median "
+                         "generation time (a machine whose speed drifts skews single runs)")
     args = ap.parse_args()
 
     if not os.access(GNU_TIME, os.X_OK):
@@ -745,6 +748,32 @@ def main():
             # Errors are not cached (they may be transient or fixed later); ok/FAIL are.
             if tool.peer and r["status"] != "err":
                 cache.put(key, r)
+        # --repeat: more generation runs of our tools, taking turns, and the median kept.
+        ours = [t for t in tools if not t.peer and res.get(t.name) and res[t.name]["status"] == "ok"]
+        for t in ours:
+            res[t.name]["gen_s_runs"] = [res[t.name]["gen_s"]]
+        for _ in range(max(0, args.repeat - 1)):
+            for t in ours:
+                workdir = tempfile.mkdtemp(prefix="corpus_bench.", dir=args.workdir)
+                try:
+                    wait_until_idle(args.wait_idle)
+                    patch = os.path.join(workdir, "patch")
+                    gen_s = run_timed(t.encode(pair["old"], pair["new"], patch, pair["old_size"]),
+                                      workdir, args.timeout)[0]
+                    res[t.name]["gen_s_runs"].append(gen_s)
+                except CommandError as e:
+                    print("corpus_bench: repeat of %s on %s failed: %s" % (t.name, pair["id"], e),
+                          file=sys.stderr)
+                finally:
+                    shutil.rmtree(workdir, ignore_errors=True)
+        for t in ours:
+            runs = sorted(res[t.name]["gen_s_runs"])
+            if len(runs) > 1:
+                res[t.name]["gen_s"] = runs[len(runs) // 2] if len(runs) % 2 else (
+                    runs[len(runs) // 2 - 1] + runs[len(runs) // 2]) / 2
+                print("    %-18s %-16s gen median %.3f s of %d runs (%.3f-%.3f)" % (
+                    pair["id"], t.name, res[t.name]["gen_s"], len(runs), runs[0], runs[-1]),
+                    file=sys.stderr)
 
     header = [
         "## deltastream corpus benchmark" + (" (VCDIFF, %s)" % args.vcdiff if args.vcdiff else ""),
@@ -753,9 +782,11 @@ def main():
         "- ours: `%s`" % deltastream,
         "- peers: %s" % tool_versions(),
         "- commands: " + "; ".join("%s = `%s`" % (t.name, t.signature) for t in tools if t.peer),
-        "- times: wall seconds, one tool at a time; MiB: peak RSS (GNU time %M); "
+        "- times: wall seconds, one tool at a time%s; MiB: peak RSS (GNU time %%M); "
         "patch B = patch bytes; FAIL = applied output differs from new; err = command failed; "
-        "skip = not run (--skip-peers) and not cached",
+        "skip = not run (--skip-peers) and not cached" % (
+            "; ours' generation: median of %d runs, our tools taking turns" % args.repeat
+            if args.repeat > 1 else ""),
     ]
     # How much other processes competed with the measurements (cached ones included).
     noisy = []
