@@ -93,6 +93,11 @@ class Compressor {
 // A suffix array built once (on a thread of its own) for several parts of the generator.
 using SharedSuffixArray = std::shared_future<Result<SuffixArray>>;
 
+// The suffix array of |text|, sorted by the first get() on the thread calling it.
+SharedSuffixArray SortWhenNeeded(ByteView text) {
+  return std::async(std::launch::deferred, [text] { return SuffixArray::Build(text); }).share();
+}
+
 // How a stream is coded with LZMA2.
 struct LzmaTuning {
   uint32_t preset = 9;
@@ -624,10 +629,10 @@ int ThreadCount(const GenerateOptions& options) {
                              : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
-// The plain patch: the whole new file matched against the whole old file (through |shared_sa|,
-// the old file's, when given).
+// The plain patch: the whole new file matched against the whole old file, through |old_sa|
+// (the old file's suffix array).
 Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions& options,
-                              GenerateStats& st, const SharedSuffixArray* shared_sa = nullptr) {
+                              GenerateStats& st, const SharedSuffixArray& old_sa) {
   const auto t0 = Clock::now();
   const int threads = ThreadCount(options);
   const uint64_t n = old.size(), m = neu.size();
@@ -641,9 +646,7 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
     header.new_sha256 = Sha256::Of(neu);
   });
   const auto t_sort = Clock::now();
-  Result<SuffixArray> own_sa = Error(ErrorCode::kInternal, "suffix array not built");
-  if (shared_sa == nullptr) own_sa = SuffixArray::Build(old);
-  const Result<SuffixArray>& sa_or = shared_sa ? shared_sa->get() : own_sa;
+  const Result<SuffixArray>& sa_or = old_sa.get();
   st.suffix_sort_seconds = SecondsSince(t_sort);
   hashes.wait();
   if (!sa_or.ok()) return sa_or.status();
@@ -1024,9 +1027,8 @@ Result<std::vector<CopyOp>> MatchSection(ByteView old, uint64_t old_base, ByteVi
                                          const SharedSuffixArray& old_sa) {
   if (length == 0) return std::vector<CopyOp>();
   if (old.empty()) return std::vector<CopyOp>{CopyOp{0, 0, length}};
-  Result<SuffixArray> own_sa = Error(ErrorCode::kInternal, "suffix array not built");
-  if (!old_sa.valid()) own_sa = SuffixArray::Build(old);
-  const Result<SuffixArray>& sa_or = old_sa.valid() ? old_sa.get() : own_sa;
+  const SharedSuffixArray sorted = old_sa.valid() ? old_sa : SortWhenNeeded(old);
+  const Result<SuffixArray>& sa_or = sorted.get();
   if (!sa_or.ok()) return sa_or.status();
   const SuffixArray& sa = *sa_or;
   // Halves matched at once (the suffix array is shared; the halves' copies simply follow).
@@ -1373,7 +1375,7 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
     return Error(ErrorCode::kInvalidArgument, "bad generator options");
   }
   const bool recompress = options.try_recompress && !old.empty() && !neu.empty();
-  if (!recompress) return GenerateGeneric(old, neu, options, st);
+  if (!recompress) return GenerateGeneric(old, neu, options, st, SortWhenNeeded(old));
   // The plain patch is made on threads of its own while the recompression plan is: finding the
   // streams (and proving that they rebuild), then matching and coding their decoded forms. Both
   // have single-threaded stretches (decoding, suffix sorting), which the other fills.
@@ -1382,7 +1384,7 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
   const SharedSuffixArray old_sa =
       std::async(std::launch::async, [old] { return SuffixArray::Build(old); }).share();
   std::future<Result<Bytes>> plain_future = std::async(
-      std::launch::async, [&] { return GenerateGeneric(old, neu, options, ps, &old_sa); });
+      std::launch::async, [&] { return GenerateGeneric(old, neu, options, ps, old_sa); });
   std::future<std::vector<RecompressStream>> old_streams =
       std::async(std::launch::async, [&] { return FindRecompressStreams(old, false, options); });
   std::vector<RecompressStream> streams = FindRecompressStreams(neu, true, options);
