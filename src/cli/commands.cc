@@ -82,6 +82,10 @@ Status RunDiff(const DiffArgs& args) {
           "recompression (deflate, xz): %" PRIu64 " segments, saved %" PRIu64 " B, %.2f s\n",
           stats.recompress_segments, stats.recompress_saved_bytes, stats.recompress_seconds);
     }
+    if (stats.ref_trials_given_up > 0) {
+      std::printf("plain comparison: %" PRIu64 " whole-file trials given up past the plan's size\n",
+                  stats.ref_trials_given_up);
+    }
     std::printf("suffix sort %.2f s, matching %.2f s, total %.2f s\n", stats.suffix_sort_seconds,
                 stats.match_seconds, Since(t0));
   }

@@ -78,6 +78,9 @@ struct GenerateStats {
   uint64_t recompress_segments = 0;
   uint64_t recompress_saved_bytes = 0;
   double recompress_seconds = 0;
+  // Whole-file reference candidates of the plain patch made beside a recompression plan that were
+  // given up once they passed the plan's bound (they could not have been chosen).
+  uint64_t ref_trials_given_up = 0;
   double suffix_sort_seconds = 0;
   double match_seconds = 0;
   double total_seconds = 0;

@@ -174,7 +174,7 @@ class RangeDecoder {
 class RangeEncoder {
  public:
   explicit RangeEncoder(Bytes* out) : out_(out) {}
-  void Bit(uint16_t* prob, uint32_t bit) {
+  [[gnu::always_inline]] void Bit(uint16_t* prob, uint32_t bit) {
     const uint32_t bound = (range_ >> 11) * *prob;
     if (bit == 0) {
       range_ = bound;
@@ -935,48 +935,6 @@ class Encoder {
   Bytes out_;
 };
 
-// Form -> where its tokens are (walks the frame for the chunks' sizes).
-class TokenIndexer {
- public:
-  static constexpr bool kVerify = false;
-  TokenIndexer(ByteView parse, uint64_t parse_offset) : parse_(parse), base_(parse_offset) {}
-
-  uint64_t ContentSize() const { return cpos_; }
-  ByteView Content(uint64_t) const { return {}; }
-  Status Container(ByteView) { return Status::Ok(); }
-  Status BlockStart(uint32_t) { return Status::Ok(); }
-  Status Chunk(const ChunkHeader& h, ByteReader&) {
-    const uint64_t end = cpos_ + h.unpacked;
-    if (!h.lzma()) {
-      cpos_ = end;
-      return Status::Ok();
-    }
-    while (cpos_ < end) {
-      const uint64_t at = parse_.position();
-      uint8_t tok, low = 0;
-      if (!parse_.ReadU8(&tok)) return Bad(kBad, "parse shorter than the content");
-      uint64_t len = 1;
-      const uint64_t bytes = ReplayTokenBytes(tok);
-      if (bytes > 1) {
-        if (!parse_.ReadU8(&low) || !parse_.Skip(bytes - 2)) return Bad(kBad, "truncated token");
-        len = low + ((tok & kTokLongLen) ? 256u : 0u) + 2;
-      }
-      tokens_.push_back({cpos_, base_ + at});
-      cpos_ += len;
-    }
-    if (cpos_ != end) return Bad(kBad, "match crosses its chunk");
-    return Status::Ok();
-  }
-  std::vector<ReplayToken> Take() { return std::move(tokens_); }
-
- private:
-  static constexpr ErrorCode kBad = ErrorCode::kPatchMalformed;
-  ByteReader parse_;
-  uint64_t base_;
-  uint64_t cpos_ = 0;
-  std::vector<ReplayToken> tokens_;
-};
-
 struct InnerRef {
   uint64_t offset = 0;  // In the content.
   uint64_t deflate_length = 0;
@@ -1054,6 +1012,67 @@ Result<Bytes> ExpandContent(ByteView form, const FormParts& parts) {
   return content;
 }
 
+// Form -> where its tokens are (walks the frame for the chunks' sizes), each handed to a callback
+// with its content position moved into the form's expanded content (past the inner streams' puffs).
+class TokenIndexer {
+ public:
+  static constexpr bool kVerify = false;
+  TokenIndexer(ByteView form, const FormParts& parts,
+               const std::function<void(const ReplayToken&)>& fn)
+      : parse_(parts.parse),
+        base_(static_cast<uint64_t>(parts.parse.data() - form.data())),
+        inner_(parts.inner),
+        shift_(static_cast<int64_t>(parts.expanded_offset)),
+        fn_(fn) {}
+
+  uint64_t ContentSize() const { return cpos_; }
+  ByteView Content(uint64_t) const { return {}; }
+  Status Container(ByteView) { return Status::Ok(); }
+  Status BlockStart(uint32_t) { return Status::Ok(); }
+  Status Chunk(const ChunkHeader& h, ByteReader&) {
+    const uint64_t end = cpos_ + h.unpacked;
+    if (!h.lzma()) {
+      cpos_ = end;
+      return Status::Ok();
+    }
+    while (cpos_ < end) {
+      const uint64_t at = parse_.position();
+      uint8_t tok, low = 0;
+      if (!parse_.ReadU8(&tok)) return Bad(kBad, "parse shorter than the content");
+      uint64_t len = 1;
+      const uint64_t bytes = ReplayTokenBytes(tok);
+      if (bytes > 1) {
+        if (!parse_.ReadU8(&low) || !parse_.Skip(bytes - 2)) return Bad(kBad, "truncated token");
+        len = low + ((tok & kTokLongLen) ? 256u : 0u) + 2;
+      }
+      // Tokens come in content order, so the inner stream in force only moves forward.
+      while (k_ < inner_.size() && cpos_ >= inner_[k_].offset + inner_[k_].deflate_length) {
+        shift_ += static_cast<int64_t>(inner_[k_].puff_length) -
+                  static_cast<int64_t>(inner_[k_].deflate_length);
+        ++k_;
+      }
+      ReplayToken t;
+      t.mapped = k_ == inner_.size() || cpos_ < inner_[k_].offset;
+      t.content_pos = static_cast<uint64_t>(static_cast<int64_t>(cpos_) + shift_);
+      t.form_offset = base_ + at;
+      fn_(t);
+      cpos_ += len;
+    }
+    if (cpos_ != end) return Bad(kBad, "match crosses its chunk");
+    return Status::Ok();
+  }
+
+ private:
+  static constexpr ErrorCode kBad = ErrorCode::kPatchMalformed;
+  ByteReader parse_;
+  uint64_t base_;
+  const std::vector<InnerRef>& inner_;
+  size_t k_ = 0;
+  int64_t shift_;
+  const std::function<void(const ReplayToken&)>& fn_;
+  uint64_t cpos_ = 0;
+};
+
 }  // namespace
 
 Result<ReplayForm> XzToReplayForm(ByteView stream, uint64_t max_content) {
@@ -1090,26 +1109,11 @@ Result<ReplayFormLayout> ReplayFormSections(ByteView form) {
   return l;
 }
 
-Result<std::vector<ReplayToken>> ReplayFormTokens(ByteView form) {
+Status ForEachReplayToken(ByteView form, const std::function<void(const ReplayToken&)>& fn) {
   DS_ASSIGN_OR_RETURN(FormParts parts, SplitForm(form));
-  TokenIndexer t(parts.parse, static_cast<uint64_t>(parts.parse.data() - form.data()));
+  TokenIndexer t(form, parts, fn);
   ByteReader r(parts.frame);
-  DS_RETURN_IF_ERROR(WalkXz(r, ErrorCode::kPatchMalformed, t));
-  std::vector<ReplayToken> tokens = t.Take();
-  // Content offsets -> offsets in the form's expanded content; none inside an inner stream.
-  size_t k = 0;
-  int64_t shift = static_cast<int64_t>(parts.expanded_offset);
-  for (ReplayToken& tok : tokens) {
-    while (k < parts.inner.size() &&
-           tok.content_pos >= parts.inner[k].offset + parts.inner[k].deflate_length) {
-      shift += static_cast<int64_t>(parts.inner[k].puff_length) -
-               static_cast<int64_t>(parts.inner[k].deflate_length);
-      ++k;
-    }
-    tok.mapped = k == parts.inner.size() || tok.content_pos < parts.inner[k].offset;
-    tok.content_pos = static_cast<uint64_t>(static_cast<int64_t>(tok.content_pos) + shift);
-  }
-  return tokens;
+  return WalkXz(r, ErrorCode::kPatchMalformed, t);
 }
 
 Result<Bytes> ReplayFormContent(ByteView form) {

@@ -54,6 +54,7 @@
 #define DELTASTREAM_DELTA_LZMA_REPLAY_H_
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "common/bytes.h"
@@ -95,13 +96,14 @@ Result<ReplayFormLayout> ReplayFormSections(ByteView form);
 
 // Where each token of a replay form's parse starts: in the form's content section (increasing;
 // |mapped| is false for tokens inside an inner deflate stream, which the form holds as a puff) and
-// in the form, for a generator that aligns two parses through their contents.
+// in the form, for a generator that aligns two parses through their contents. |fn| is called for
+// each token in order, as the walk finds it (nothing is collected: a parse has millions of tokens).
 struct ReplayToken {
   uint64_t content_pos = 0;  // Offset in the form (of the content section's byte).
   uint64_t form_offset = 0;
   bool mapped = true;
 };
-Result<std::vector<ReplayToken>> ReplayFormTokens(ByteView form);
+Status ForEachReplayToken(ByteView form, const std::function<void(const ReplayToken&)>& fn);
 
 // The decoded content of the stream a replay form stands for (inner puffs huffed back).
 Result<Bytes> ReplayFormContent(ByteView form);

@@ -1,6 +1,7 @@
 #include "delta/matcher.h"
 
 #include <algorithm>
+#include <type_traits>
 
 namespace ds::delta {
 namespace {
@@ -11,10 +12,9 @@ constexpr int64_t kUsefulMatch = 16;
 constexpr int kMissShift = 8;
 constexpr int64_t kMaxStep = 8;
 
-}  // namespace
-
-std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t begin, uint64_t end,
-                               const MatchOptions& options) {
+template <typename Index>
+std::vector<CopyOp> MatchWith(const Index& sa, ByteView neu, uint64_t begin, uint64_t end,
+                              const MatchOptions& options) {
   const ByteView old = sa.text();
   const int64_t n = static_cast<int64_t>(old.size());
   const int64_t e = static_cast<int64_t>(end);
@@ -50,6 +50,18 @@ std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t beg
       len = static_cast<int64_t>(
           sa.LongestMatch(ByteView(w + scan, static_cast<size_t>(e - scan)), &p));
       pos = static_cast<int64_t>(p);
+      if constexpr (std::is_same_v<Index, HashIndex>) {
+        // Below the index's shortest match: the alignment in force's own match, which the suffix
+        // array would have found as a continuation.
+        if (len < static_cast<int64_t>(HashIndex::kMinMatch)) {
+          int64_t k = 0;
+          while (scan + k < e && same_at(scan + k, last_offset)) ++k;
+          if (k > len) {
+            len = k;
+            pos = scan + last_offset;
+          }
+        }
+      }
       for (; scored_to < scan + len; ++scored_to) old_score += same_at(scored_to, last_offset);
       // Take the new match when the current alignment explains it no worse (a continuation), or
       // when it beats the alignment clearly.
@@ -121,6 +133,18 @@ std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t beg
     last_offset = pos - scan;
   }
   return ops;
+}
+
+}  // namespace
+
+std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t begin, uint64_t end,
+                               const MatchOptions& options) {
+  return MatchWith(sa, neu, begin, end, options);
+}
+
+std::vector<CopyOp> MatchRange(const HashIndex& index, ByteView neu, uint64_t begin, uint64_t end,
+                               const MatchOptions& options) {
+  return MatchWith(index, neu, begin, end, options);
 }
 
 void PruneCopies(std::vector<CopyOp>* ops, uint64_t begin, double literal_cost) {

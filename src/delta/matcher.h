@@ -1,9 +1,9 @@
 // The copy/diff matcher (generator only): splits a range of the new file into "copy from old with
 // a byte-wise difference, then literal bytes" operations, bsdiff-style.
 //
-// Exact matches come from the suffix array; each is then extended forwards and backwards while
-// the extension keeps more than half of its bytes equal, so that code whose embedded addresses
-// shifted still lands in one copy whose difference bytes are mostly zero.
+// Exact matches come from the suffix array (or a hash index); each is then extended forwards and
+// backwards while the extension keeps more than half of its bytes equal, so that code whose
+// embedded addresses shifted still lands in one copy whose difference bytes are mostly zero.
 //
 // Thread-safety: pure functions over immutable inputs.
 #ifndef DELTASTREAM_DELTA_MATCHER_H_
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/bytes.h"
+#include "delta/hash_index.h"
 #include "delta/suffix_array.h"
 
 namespace ds::delta {
@@ -31,6 +32,9 @@ struct MatchOptions {
 
 // Ops covering new[begin, end) exactly, in order.
 std::vector<CopyOp> MatchRange(const SuffixArray& sa, ByteView neu, uint64_t begin, uint64_t end,
+                               const MatchOptions& options = {});
+// The same through a hash index (cheaper to build, matches of HashIndex::kMinMatch bytes up).
+std::vector<CopyOp> MatchRange(const HashIndex& index, ByteView neu, uint64_t begin, uint64_t end,
                                const MatchOptions& options = {});
 
 // Drops copies that cost more than they save: a short copy that jumps away from the alignment

@@ -826,18 +826,12 @@ int Lzma2DictionaryResets(ByteView s) {
   return -1;
 }
 
-TEST(XzReplayTransform, LargeStreamsAreCodedInHalves) {
-  // A form over 4 MiB (its streams are coded at once) whose literal stream is over 1 MiB (1.5 MB
-  // of new source): that stream's LZMA2 is two halves, the second starting with a dictionary
-  // reset, and applies as one stream.
-  const Bytes base = SourceLike(3u << 20, 21);
-  Bytes grown = base;
-  const Bytes added = SourceLike(1500000, 77);
-  grown.insert(grown.begin() + (1u << 20), added.begin(), added.end());
-  const Outcome o = RoundTrip(Xz(base, 1), Xz(grown, 1));
-  ASSERT_EQ(XzSegments(o.patch, Transform::kXzReplay), 1u);
-  Result<PatchInfo> info = InspectPatch(o.patch);
-  ASSERT_TRUE(info.ok());
+// The LZMA2 dictionary resets in the literal stream of |patch|'s xz-replay segment (which must
+// hold over 1 MiB of LZMA2-coded literals).
+int LiteralStreamResets(const Bytes& patch) {
+  Result<PatchInfo> info = InspectPatch(patch);
+  EXPECT_TRUE(info.ok());
+  if (!info.ok()) return -1;
   const SegmentInfo* seg = nullptr;
   size_t index = 0;
   for (size_t k = 0; k < info->segments.size(); ++k) {
@@ -846,15 +840,55 @@ TEST(XzReplayTransform, LargeStreamsAreCodedInHalves) {
       index = k;
     }
   }
-  ASSERT_NE(seg, nullptr);
-  ASSERT_GE(seg->stream_raw[2], 1u << 20);
-  ASSERT_EQ(seg->stream_codec[2], StreamCodec::kLzma2);
+  EXPECT_NE(seg, nullptr);
+  if (seg == nullptr) return -1;
+  EXPECT_GE(seg->stream_raw[2], 1u << 20);
+  EXPECT_EQ(seg->stream_codec[2], StreamCodec::kLzma2);
   // The literal stream is the last bytes of the segment's payload.
   const uint64_t seg_end =
-      index + 1 < info->segments.size() ? info->segments[index + 1].patch_offset : o.patch.size();
+      index + 1 < info->segments.size() ? info->segments[index + 1].patch_offset : patch.size();
   const ByteView lit =
-      ByteView(o.patch).subspan(seg_end - seg->stream_encoded[2], seg->stream_encoded[2]);
-  EXPECT_EQ(Lzma2DictionaryResets(lit), 2);
+      ByteView(patch).subspan(seg_end - seg->stream_encoded[2], seg->stream_encoded[2]);
+  return Lzma2DictionaryResets(lit);
+}
+
+TEST(XzReplayTransform, LargeStreamsAreCodedInHalves) {
+  // A form over 4 MiB (its streams are coded at once) whose literal stream is over 1 MiB (1.5 MB
+  // of new source). Without whole-file reference candidates in the plain patch beside the plan,
+  // that stream's LZMA2 is two halves, the second starting with a dictionary reset, and applies
+  // as one stream.
+  const Bytes base = SourceLike(3u << 20, 21);
+  Bytes grown = base;
+  const Bytes added = SourceLike(1500000, 77);
+  grown.insert(grown.begin() + (1u << 20), added.begin(), added.end());
+  GenerateOptions no_ref;
+  no_ref.try_zstd_ref = false;
+  const Outcome halves = RoundTrip(Xz(base, 1), Xz(grown, 1), no_ref);
+  ASSERT_EQ(XzSegments(halves.patch, Transform::kXzReplay), 1u);
+  EXPECT_EQ(LiteralStreamResets(halves.patch), 2);
+  EXPECT_EQ(halves.stats.ref_trials_given_up, 0u);
+  // With them (the default: the new file is compressed, so the plain patch tries zstd with the
+  // old file as its dictionary), that candidate waits for the plan's bound and runs beside the
+  // streams' coding, which keeps the stream whole.
+  const Outcome whole = RoundTrip(Xz(base, 1), Xz(grown, 1));
+  ASSERT_EQ(XzSegments(whole.patch, Transform::kXzReplay), 1u);
+  EXPECT_EQ(LiteralStreamResets(whole.patch), 1);
+}
+
+TEST(XzReplayTransform, PlainCandidatesGiveUpPastThePlansBound) {
+  // An edit near the start of a compressed file: its compressed bytes differ from there on, so
+  // the plain patch's whole-file candidates (LZMA2 and zstd with the old file as dictionary, the
+  // file being under 1 MiB) cost about the whole file, far past the plan's bound: both are given
+  // up, and the patch is still never larger than the plain one (RoundTrip checks).
+  const Bytes base = SourceLike(1500000, 31);
+  Bytes edited = base;
+  edited[10000] ^= 0x20;
+  const Bytes old_xz = Xz(base, 6), new_xz = Xz(edited, 6);
+  ASSERT_LT(new_xz.size(), 1u << 20);
+  const Outcome o = RoundTrip(old_xz, new_xz);
+  ASSERT_EQ(XzSegments(o.patch, Transform::kXzReplay), 1u);
+  EXPECT_EQ(o.stats.ref_trials_given_up, 2u);
+  EXPECT_LT(o.patch.size() * 2, o.plain_size);
 }
 
 }  // namespace

@@ -10,26 +10,19 @@
 #include <string>
 #include <vector>
 
+#include "support/test_util.h"
+
 namespace ds::delta {
 namespace {
 
-uint64_t CommonPrefix(const Bytes& text, uint64_t at, const Bytes& needle) {
-  uint64_t l = 0;
-  while (at + l < text.size() && l < needle.size() && text[at + l] == needle[l]) ++l;
-  return l;
-}
-
-uint64_t BruteLongest(const Bytes& text, const Bytes& needle) {
-  uint64_t best = 0;
-  for (uint64_t i = 0; i < text.size(); ++i) best = std::max(best, CommonPrefix(text, i, needle));
-  return best;
-}
+using ds::testing::BruteLongestMatch;
+using ds::testing::CommonPrefix;
 
 // Checks one needle: the length is the brute-force maximum and the position has it.
 void ExpectLongest(const SuffixArray& sa, const Bytes& text, const Bytes& needle) {
   uint64_t pos = 99;
   const uint64_t len = sa.LongestMatch(needle, &pos);
-  const uint64_t want = BruteLongest(text, needle);
+  const uint64_t want = BruteLongestMatch(text, needle);
   ASSERT_EQ(len, want) << "text " << text.size() << " B, needle " << needle.size() << " B";
   if (len > 0) {
     ASSERT_LT(pos, text.size());

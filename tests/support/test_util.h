@@ -24,6 +24,23 @@ inline void PrintTo(const Status& status, std::ostream* os) { *os << status.ToSt
 
 namespace ds::testing {
 
+// How many bytes of |needle| text[at...] shares from the start (for longest-match checks).
+inline uint64_t CommonPrefix(ByteView text, uint64_t at, ByteView needle) {
+  uint64_t l = 0;
+  while (at + l < text.size() && l < needle.size() && text[at + l] == needle[l]) ++l;
+  return l;
+}
+
+// The longest prefix of |needle| found anywhere in |text|, by trying every position.
+inline uint64_t BruteLongestMatch(ByteView text, ByteView needle) {
+  uint64_t best = 0;
+  for (uint64_t i = 0; i < text.size(); ++i) {
+    const uint64_t l = CommonPrefix(text, i, needle);
+    if (l > best) best = l;
+  }
+  return best;
+}
+
 inline ErrorCode CodeOf(const Status& s) { return s.code(); }
 template <typename T>
 ErrorCode CodeOf(const Result<T>& r) {
