@@ -108,6 +108,21 @@ SharedSuffixArray SortWhenNeeded(ByteView text) {
   return std::async(std::launch::deferred, [text] { return SuffixArray::Build(text); }).share();
 }
 
+// Both files' SHA-256 (the patch header's), computed once for the patches made of the same pair.
+struct FileHashes {
+  Sha256Digest old_sha256{}, new_sha256{};
+};
+using SharedHashes = std::shared_future<FileHashes>;
+
+// The hashes, computed by the first get() on the thread calling it.
+SharedHashes HashWhenNeeded(ByteView old, ByteView neu) {
+  return std::async(std::launch::deferred,
+                    [old, neu] {
+                      return FileHashes{Sha256::Of(old), Sha256::Of(neu)};
+                    })
+      .share();
+}
+
 // A value set once (later calls are ignored) and read by blocking until it is set.
 template <typename T>
 class SetOnce {
@@ -723,7 +738,7 @@ int ThreadCount(const GenerateOptions& options) {
 // the other patch, and if it would have been this patch's smallest, this patch loses anyway.
 Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions& options,
                               GenerateStats& st, const SharedSuffixArray& old_sa,
-                              PlanBound* plan_bound = nullptr) {
+                              const SharedHashes& file_hashes, PlanBound* plan_bound = nullptr) {
   // Whatever happens, the plan learns whether a candidate here waits for its bound.
   struct SayNoWaiter {
     PlanBound* b;
@@ -738,10 +753,11 @@ Result<Bytes> GenerateGeneric(ByteView old, ByteView neu, const GenerateOptions&
   FileHeader header;
   header.old_size = n;
   header.new_size = m;
-  // Hash both files while the suffix array is built.
+  // Hash both files (or wait for their hashes) while the suffix array is built.
   auto hashes = std::async(std::launch::async, [&] {
-    header.old_sha256 = Sha256::Of(old);
-    header.new_sha256 = Sha256::Of(neu);
+    const FileHashes& h = file_hashes.get();
+    header.old_sha256 = h.old_sha256;
+    header.new_sha256 = h.new_sha256;
   });
   const auto t_sort = Clock::now();
   const Result<SuffixArray>& sa_or = old_sa.get();
@@ -1310,8 +1326,9 @@ struct PieceResult {
 Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
                                  std::vector<RecompressStream> new_streams,
                                  std::vector<RecompressStream> old_streams,
-                                 const SharedSuffixArray& old_sa, const GenerateOptions& options,
-                                 GenerateStats& st, PlanBound& plan_bound) {
+                                 const SharedSuffixArray& old_sa, const SharedHashes& file_hashes,
+                                 const GenerateOptions& options, GenerateStats& st,
+                                 PlanBound& plan_bound) {
   const auto t0 = Clock::now();
   if (new_streams.empty()) return Bytes();
   std::vector<std::pair<size_t, size_t>> pairs;  // (new stream, old stream)
@@ -1354,8 +1371,8 @@ Result<Bytes> GenerateRecompress(ByteView old, ByteView neu,
   // be running beside its coding (that candidate keeps the second core busy; on libssl3-deb the
   // halves then only make the candidate finish last, alone).
   const bool halves = !plan_bound.waiter.Get();
-  header.old_sha256 = Sha256::Of(old);
-  header.new_sha256 = Sha256::Of(neu);
+  header.old_sha256 = file_hashes.get().old_sha256;
+  header.new_sha256 = file_hashes.get().new_sha256;
 
   // Streams first (the slow ones), then the gaps.
   std::vector<size_t> order(pieces.size());
@@ -1572,7 +1589,9 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
     return Error(ErrorCode::kInvalidArgument, "bad generator options");
   }
   const bool recompress = options.try_recompress && !old.empty() && !neu.empty();
-  if (!recompress) return GenerateGeneric(old, neu, options, st, SortWhenNeeded(old));
+  if (!recompress) {
+    return GenerateGeneric(old, neu, options, st, SortWhenNeeded(old), HashWhenNeeded(old, neu));
+  }
   // The plain patch is made on threads of its own while the recompression plan is: finding the
   // streams (and proving that they rebuild), then matching and coding their decoded forms. Both
   // have single-threaded stretches (decoding, suffix sorting), which the other fills.
@@ -1580,11 +1599,13 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
   // The old file's suffix array serves the plain patch and the plan's bytes between streams.
   const SharedSuffixArray old_sa =
       std::async(std::launch::async, [old] { return SuffixArray::Build(old); }).share();
+  // Both patches write the same hashes: computed once, on the plain patch's hashing thread.
+  const SharedHashes hashes = HashWhenNeeded(old, neu);
   // The most the plan can cost, for the plain patch's whole-file candidates (no bound when there
   // is no plan).
   PlanBound plan_bound;
   std::future<Result<Bytes>> plain_future = std::async(std::launch::async, [&] {
-    return GenerateGeneric(old, neu, options, ps, old_sa, &plan_bound);
+    return GenerateGeneric(old, neu, options, ps, old_sa, hashes, &plan_bound);
   });
   std::future<std::vector<RecompressStream>> old_streams =
       std::async(std::launch::async, [&] { return FindRecompressStreams(old, false, options); });
@@ -1597,7 +1618,7 @@ Result<Bytes> GeneratePatch(ByteView old, ByteView neu, const GenerateOptions& o
   if (streams.empty()) plan_bound.bound.Set(UINT64_MAX);
   GenerateStats rs;
   Result<Bytes> recompressed = GenerateRecompress(
-      old, neu, std::move(streams), std::move(old_found), old_sa, options, rs, plan_bound);
+      old, neu, std::move(streams), std::move(old_found), old_sa, hashes, options, rs, plan_bound);
   plan_bound.bound.Set(UINT64_MAX);
   Result<Bytes> plain = plain_future.get();
   if (!plain.ok()) return plain;
