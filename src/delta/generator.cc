@@ -1188,15 +1188,6 @@ Result<std::vector<CopyOp>> MatchSection(ByteView old, uint64_t old_base, ByteVi
   return ops;
 }
 
-// The copies that rebuild the parse of replay form |neu| from that of |old|, aligned through the
-// content: where the new content at a token's start was copied from old content at which an old
-// token of the same size starts, the new token is taken from that old token (with the copydiff's
-// diff bytes mending a length or a distance); the next tokens keep that alignment while the old
-// parse has tokens of the same sizes there; the others are literal. |content_ops| rebuild the
-// new content section (form offsets); |index| is IndexOldParse(old). Linear (4 bytes per old
-// content byte for the lookup) — a
-// suffix array over a parse (small values, long repeats) is slow to search and finds matches
-// that do not belong together.
 // Where the tokens of an old replay form's parse start (offsets in the parse), and the token
 // starting at each byte of its content section (UINT32_MAX: none).
 struct OldParseIndex {
@@ -1216,6 +1207,14 @@ Result<OldParseIndex> IndexOldParse(ByteView old, const ReplayFormLayout& o) {
   return x;
 }
 
+// The copies that rebuild the parse of replay form |neu| from that of |old|, aligned through the
+// content: where the new content at a token's start was copied from old content at which an old
+// token of the same size starts, the new token is taken from that old token (with the copydiff's
+// diff bytes mending a length or a distance); the next tokens keep that alignment while the old
+// parse has tokens of the same sizes there; the others are literal. |content_ops| rebuild the
+// new content section (form offsets); |index| is IndexOldParse(old). Linear (4 bytes per old
+// content byte for the lookup) — a suffix array over a parse (small values, long repeats) is slow
+// to search and finds matches that do not belong together.
 Result<std::vector<CopyOp>> AlignParse(ByteView old, const ReplayFormLayout& o,
                                        const OldParseIndex& index, ByteView neu,
                                        const ReplayFormLayout& n,
